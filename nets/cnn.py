@@ -1,0 +1,185 @@
+"""A small MNIST CNN: conv-BN-ReLU blocks, 1x1 transitions, max-pooling, a GAP head.
+
+An architecture is a tuple of `Layer` specs (see `ARCHITECTURES`), so that the network, its
+parameter count and its receptive-field table all come from one description.
+
+`apply(model, variables, images, train=..., rng=...)` is the pure function the trainer calls;
+`summary(model)` returns the per-layer table (output shape, parameters, receptive field).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """One stage of the network.
+
+  kind: 'conv' (conv -> BatchNorm -> ReLU), 'pool' (2x2 max-pool), 'gap' (global average
+  pool), 'dropout', or 'dense' (the final linear classifier, with bias).
+  """
+
+  kind: str
+  features: int = 0  # output channels ('conv') or classes ('dense')
+  kernel: int = 3  # square kernel size for 'conv'
+  padding: str = "SAME"  # 'SAME' keeps the spatial size; 'VALID' shrinks it by kernel - 1
+
+
+def conv(features: int, kernel: int = 3, padding: str = "SAME") -> Layer:
+  return Layer("conv", features, kernel, padding)
+
+
+POOL = Layer("pool", kernel=2)
+GAP = Layer("gap")
+DROPOUT = Layer("dropout")
+HEAD = Layer("dense", 10)
+
+# Each entry: name -> layers. Parameter counts are asserted in tests/cnn_test.py.
+ARCHITECTURES: dict[str, tuple[Layer, ...]] = {
+  # Default (17,946 params): widen to 32 channels at 28x28 and 14x14, squeeze back to 16 with
+  # 1x1 convs before each pool's next stage, and end on a 5x5 map (RF 38 > 28) before GAP.
+  "default": (
+    conv(16),
+    conv(32),
+    POOL,
+    conv(16, 1),
+    conv(16),
+    conv(32),
+    POOL,
+    conv(16, 1),
+    conv(32, 3, "VALID"),
+    GAP,
+    HEAD,
+  ),
+}
+
+
+class CNN(nn.Module):
+  """The network described by `layers`; BatchNorm layers keep running stats in 'batch_stats'."""
+
+  layers: Sequence[Layer]
+  dropout_rate: float = 0.0
+  bn_momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    for layer in self.layers:
+      if layer.kind == "conv":
+        x = nn.Conv(
+          layer.features, (layer.kernel, layer.kernel), padding=layer.padding, use_bias=False
+        )(x)  # No bias: the BatchNorm shift that follows replaces it.
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x)
+        x = nn.relu(x)
+      elif layer.kind == "pool":
+        x = nn.max_pool(x, (layer.kernel, layer.kernel), strides=(layer.kernel, layer.kernel))
+      elif layer.kind == "gap":
+        x = jnp.mean(x, axis=(1, 2))
+      elif layer.kind == "dropout":
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      elif layer.kind == "dense":
+        x = nn.Dense(layer.features)(x)
+      else:
+        raise ValueError(f"unknown layer kind {layer.kind!r}")
+    return x
+
+
+def build(arch: str, dropout_rate: float = 0.0) -> CNN:
+  """Returns the CNN for an `ARCHITECTURES` name."""
+  if arch not in ARCHITECTURES:
+    raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}.")
+  return CNN(layers=ARCHITECTURES[arch], dropout_rate=dropout_rate)
+
+
+def init(model: CNN, rng: jax.Array, image_shape=(28, 28, 1)) -> dict[str, Any]:
+  """Returns the variables {'params', 'batch_stats'} for a batch of one image."""
+  return model.init({"params": rng}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+
+
+def apply(
+  model: CNN,
+  variables: dict[str, Any],
+  images: jax.Array,
+  *,
+  train: bool,
+  rng: jax.Array | None = None,
+) -> tuple[jax.Array, dict[str, Any]]:
+  """The pure forward pass: (variables, images, train, rng) -> (logits, new batch_stats).
+
+  In training BatchNorm uses batch statistics and returns updated running averages; in
+  evaluation it uses the running averages and returns them unchanged.
+  """
+  rngs = {"dropout": rng} if rng is not None else {}
+  if train:
+    logits, updates = model.apply(variables, images, train=True, rngs=rngs, mutable=["batch_stats"])
+    return logits, updates["batch_stats"]
+  return model.apply(variables, images, train=False), variables["batch_stats"]
+
+
+def count_params(params: Any) -> int:
+  """Number of trainable scalars in a params pytree (arrays or ShapeDtypeStructs)."""
+  return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
+
+
+def param_count(model: CNN) -> int:
+  """Trainable parameters of `model`, from shapes alone (jax.eval_shape: nothing allocated)."""
+  shapes = jax.eval_shape(lambda: init(model, jax.random.key(0)))
+  return count_params(shapes["params"])
+
+
+def summary(model: CNN, image_shape=(28, 28, 1)) -> list[dict[str, Any]]:
+  """Per-layer rows: name, output shape, trainable parameters and receptive field (pixels).
+
+  The receptive field grows by (kernel - 1) * jump at each conv/pool, and the jump (input
+  pixels between neighbouring outputs) multiplies by each pool's stride; GAP sees the whole
+  input by construction.
+  """
+  rows = []
+  shape = (1, *image_shape)
+  rf, jump = 1, 1
+  for i, layer in enumerate(model.layers):
+    sub = CNN(layers=(layer,), dropout_rate=model.dropout_rate)
+    variables = jax.eval_shape(
+      lambda s=shape, m=sub: m.init(jax.random.key(0), jnp.zeros(s), train=False)
+    )
+    out = jax.eval_shape(lambda v, s=shape, m=sub: m.apply(v, jnp.zeros(s), train=False), variables)
+    if layer.kind in ("conv", "pool"):
+      rf += (layer.kernel - 1) * jump
+      if layer.kind == "pool":
+        jump *= layer.kernel
+    elif layer.kind == "gap":
+      rf = max(rf, image_shape[0])
+    name = {
+      "conv": f"conv{layer.kernel}x{layer.kernel}-bn-relu({layer.features})",
+      "pool": "maxpool2x2",
+      "gap": "global-avg-pool",
+      "dropout": f"dropout({model.dropout_rate})",
+      "dense": f"dense({layer.features})",
+    }[layer.kind]
+    rows.append(
+      {
+        "layer": f"{i:2d} {name}",
+        "output": tuple(out.shape[1:]),
+        "params": count_params(variables.get("params", {})),
+        "receptive_field": rf,
+      }
+    )
+    shape = out.shape
+  return rows
+
+
+def format_summary(rows: list[dict[str, Any]]) -> str:
+  """The summary as a Markdown table, with the total parameter count on the last line."""
+  lines = ["| layer | output | params | receptive field |", "| --- | --- | ---: | ---: |"]
+  for r in rows:
+    out = "x".join(map(str, r["output"]))
+    lines.append(f"| {r['layer']} | {out} | {r['params']:,} | {r['receptive_field']} |")
+  lines.append(f"| total | | {sum(r['params'] for r in rows):,} | |")
+  return "\n".join(lines)
