@@ -651,31 +651,35 @@ def workbook_agrees(reports: Sequence[SheetReport]) -> bool:
 # Command line.
 
 
-def _numbers_validator(flag_name: str, count: int | None = None, positive: bool = False):
+def _numbers_validator(count: int | None = None, positive: bool = False):
+  """A flag validator: every item a finite number (> 0 if `positive`), `count` of them if given."""
+
   def validate(values):
     numbers = []
     for v in values:
       try:
         x = float(v)
       except ValueError:
-        raise flags.ValidationError(f"--{flag_name}: {v!r} is not a number") from None
+        raise flags.ValidationError(f"{v!r} is not a number") from None
       if not math.isfinite(x):
-        raise flags.ValidationError(f"--{flag_name}: {v!r} is not a finite number")
+        raise flags.ValidationError(f"{v!r} is not a finite number")
       if positive and x <= 0:
-        raise flags.ValidationError(f"--{flag_name}: {v} must be > 0")
+        raise flags.ValidationError(f"{v} is not > 0: a learning rate must be positive")
       numbers.append(x)
     if count is not None and len(numbers) != count:
       raise flags.ValidationError(
-        f"--{flag_name} needs exactly {count} comma-separated numbers, got {len(numbers)}"
+        f"needs exactly {count} comma-separated numbers, got {len(numbers)}"
       )
     if not numbers:
-      raise flags.ValidationError(f"--{flag_name} needs at least one number")
+      raise flags.ValidationError("needs at least one number")
     return True
 
   return validate
 
 
 def _define_flags():
+  """Defines the flags; called only when run as a script, so that importing this module (tests,
+  notebooks, train.py in the same process) never collides with other modules' flags."""
   flags.DEFINE_integer(
     "epochs", toy.COURSE_EPOCHS, "Rows per learning rate (epoch 0 = starting weights).", 1
   )
@@ -694,12 +698,10 @@ def _define_flags():
   flags.DEFINE_string(
     "check_workbook", None, "Check this .xlsx (made by hand) instead of running the sweep."
   )
-  flags.register_validator(
-    "learning_rates", _numbers_validator("learning_rates", positive=True), "bad learning rate"
-  )
-  flags.register_validator("inputs", _numbers_validator("inputs", 2), "bad inputs")
-  flags.register_validator("targets", _numbers_validator("targets", 2), "bad targets")
-  flags.register_validator("weights", _numbers_validator("weights", 8), "bad weights")
+  flags.register_validator("learning_rates", _numbers_validator(positive=True), "bad learning rate")
+  flags.register_validator("inputs", _numbers_validator(2), "bad inputs")
+  flags.register_validator("targets", _numbers_validator(2), "bad targets")
+  flags.register_validator("weights", _numbers_validator(8), "bad weights")
   flags.register_validator(
     "check_workbook",
     lambda p: p is None or os.path.isfile(p),
