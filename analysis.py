@@ -13,29 +13,29 @@ import os
 
 import matplotlib
 
-matplotlib.use("Agg")  # Files only; never needs a display.
+matplotlib.use('Agg')  # Files only; never needs a display.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
 def _save(fig, path: str) -> None:
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=120, bbox_inches="tight")
+  tmp = path + '.tmp.png'
+  fig.savefig(tmp, dpi=120, bbox_inches='tight')
   plt.close(fig)
   os.replace(tmp, path)
 
 
 def plot_curves(history: list[dict], path: str) -> None:
   """Loss and accuracy (train and test) per epoch, from metrics.jsonl records."""
-  epochs = [r["epoch"] for r in history]
+  epochs = [r['epoch'] for r in history]
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-  ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
-  ax_loss.plot(epochs, [r["test_loss"] for r in history], "s-", label="test")
-  ax_loss.set(xlabel="epoch", ylabel="cross-entropy", yscale="log", title="loss")
-  ax_acc.plot(epochs, [100 * r["train_accuracy"] for r in history], "o-", label="train")
-  ax_acc.plot(epochs, [100 * r["test_accuracy"] for r in history], "s-", label="test")
-  ax_acc.axhline(99.4, color="gray", ls="--", lw=1, label="99.4 %")
-  ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy", ylim=(97, 100))
+  ax_loss.plot(epochs, [r['train_loss'] for r in history], 'o-', label='train')
+  ax_loss.plot(epochs, [r['test_loss'] for r in history], 's-', label='test')
+  ax_loss.set(xlabel='epoch', ylabel='cross-entropy', yscale='log', title='loss')
+  ax_acc.plot(epochs, [100 * r['train_accuracy'] for r in history], 'o-', label='train')
+  ax_acc.plot(epochs, [100 * r['test_accuracy'] for r in history], 's-', label='test')
+  ax_acc.axhline(99.4, color='gray', ls='--', lw=1, label='99.4 %')
+  ax_acc.set(xlabel='epoch', ylabel='accuracy (%)', title='accuracy', ylim=(97, 100))
   for ax in (ax_loss, ax_acc):
     ax.grid(alpha=0.3)
     ax.legend()
@@ -52,11 +52,11 @@ def plot_misclassified(
   rows = max(1, int(np.ceil(len(shown) / cols)))
   fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.35))
   for ax in np.ravel(axes):
-    ax.axis("off")
+    ax.axis('off')
   for ax, i in zip(np.ravel(axes), shown, strict=False):
-    ax.imshow(images[i], cmap="gray_r")
-    ax.set_title(f"{labels[i]}→{preds[i]}", fontsize=9, color="crimson")
-  fig.suptitle(f"{len(wrong)} of {len(labels)} test digits misclassified (label→prediction)")
+    ax.imshow(images[i], cmap='gray_r')
+    ax.set_title(f'{labels[i]}→{preds[i]}', fontsize=9, color='crimson')
+  fig.suptitle(f'{len(wrong)} of {len(labels)} test digits misclassified (label→prediction)')
   _save(fig, path)
   return len(wrong)
 
@@ -72,7 +72,7 @@ def plot_confusion(labels: np.ndarray, preds: np.ndarray, path: str) -> np.ndarr
   """The confusion matrix as a heat map (log colour scale), with counts in the cells."""
   counts = confusion_matrix(labels, preds)
   fig, ax = plt.subplots(figsize=(6.5, 5.5))
-  im = ax.imshow(np.log1p(counts), cmap="Blues")
+  im = ax.imshow(np.log1p(counts), cmap='Blues')
   for t in range(10):
     for p in range(10):
       if counts[t, p]:
@@ -80,19 +80,19 @@ def plot_confusion(labels: np.ndarray, preds: np.ndarray, path: str) -> np.ndarr
           p,
           t,
           counts[t, p],
-          ha="center",
-          va="center",
+          ha='center',
+          va='center',
           fontsize=8,
-          color="white" if t == p else "black",
+          color='white' if t == p else 'black',
         )
   ax.set(
-    xlabel="predicted",
-    ylabel="true",
+    xlabel='predicted',
+    ylabel='true',
     xticks=range(10),
     yticks=range(10),
-    title="confusion matrix (test set)",
+    title='confusion matrix (test set)',
   )
-  fig.colorbar(im, ax=ax, label="log(1 + count)")
+  fig.colorbar(im, ax=ax, label='log(1 + count)')
   _save(fig, path)
   return counts
 
@@ -104,13 +104,13 @@ def plot_per_class(labels: np.ndarray, preds: np.ndarray, path: str) -> np.ndarr
   fig, ax = plt.subplots(figsize=(7, 3.5))
   ax.bar(range(10), 100 * acc)
   for c, a in enumerate(acc):
-    ax.text(c, 100 * a, f"{100 * a:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.text(c, 100 * a, f'{100 * a:.2f}', ha='center', va='bottom', fontsize=8)
   ax.set(
-    xlabel="digit",
-    ylabel="accuracy (%)",
+    xlabel='digit',
+    ylabel='accuracy (%)',
     xticks=range(10),
     ylim=(98, 100.2),
-    title="per-class test accuracy",
+    title='per-class test accuracy',
   )
   _save(fig, path)
   return acc
@@ -124,42 +124,42 @@ def analyse_workdir(workdir: str, data_dir: str | None = None) -> dict:
   import input_pipeline
   import train
 
-  with open(os.path.join(workdir, "summary.json")) as f:
+  with open(os.path.join(workdir, 'summary.json')) as f:
     summary = json.load(f)
-  config = ml_collections.ConfigDict(summary["config"])
+  config = ml_collections.ConfigDict(summary['config'])
   if data_dir is not None:
     config.data_dir = data_dir
-  test = input_pipeline.get_datasets(config.data_dir, config.tfds_data_dir or None)["test"]
+  test = input_pipeline.get_datasets(config.data_dir, config.tfds_data_dir or None)['test']
   steps = 60_000 // config.batch_size
   state = train.create_train_state(jax.random.key(0), config, steps)
   state, epoch = train.restore_latest(train.checkpoint_manager(workdir, 1000), state)
   if epoch == 0:
-    raise FileNotFoundError(f"{workdir}: no readable checkpoint.")
+    raise FileNotFoundError(f'{workdir}: no readable checkpoint.')
   metrics, preds = train.evaluate(
     jax.jit(train.eval_step), state, test.images, test.labels, config.eval_batch_size
   )
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     plot_curves(
-      [json.loads(line) for line in f if line.strip()], os.path.join(workdir, "curves.png")
+      [json.loads(line) for line in f if line.strip()], os.path.join(workdir, 'curves.png')
     )
-  plot_misclassified(test.images, test.labels, preds, os.path.join(workdir, "misclassified.png"))
-  plot_confusion(test.labels, preds, os.path.join(workdir, "confusion.png"))
-  acc = plot_per_class(test.labels, preds, os.path.join(workdir, "per_class.png"))
-  return {"epoch": epoch, "test_accuracy": metrics["accuracy"], "per_class": acc.tolist()}
+  plot_misclassified(test.images, test.labels, preds, os.path.join(workdir, 'misclassified.png'))
+  plot_confusion(test.labels, preds, os.path.join(workdir, 'confusion.png'))
+  acc = plot_per_class(test.labels, preds, os.path.join(workdir, 'per_class.png'))
+  return {'epoch': epoch, 'test_accuracy': metrics['accuracy'], 'per_class': acc.tolist()}
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   from absl import app, flags
 
-  flags.DEFINE_string("workdir", None, "A finished train.py workdir.")
-  flags.DEFINE_string("data_dir", None, "IDX folder, if not the one in the run config.")
-  flags.mark_flags_as_required(["workdir"])
+  flags.DEFINE_string('workdir', None, 'A finished train.py workdir.')
+  flags.DEFINE_string('data_dir', None, 'IDX folder, if not the one in the run config.')
+  flags.mark_flags_as_required(['workdir'])
 
   def main(argv):
     del argv
     result = analyse_workdir(flags.FLAGS.workdir, flags.FLAGS.data_dir)
-    print(f"epoch {result['epoch']}: test accuracy {100 * result['test_accuracy']:.2f} %")
-    for digit, acc in enumerate(result["per_class"]):
-      print(f"  digit {digit}: {100 * acc:.2f} %")
+    print(f'epoch {result["epoch"]}: test accuracy {100 * result["test_accuracy"]:.2f} %')
+    for digit, acc in enumerate(result['per_class']):
+      print(f'  digit {digit}: {100 * acc:.2f} %')
 
   app.run(main)

@@ -28,10 +28,10 @@ PIXEL_MEAN = 0.1307
 PIXEL_STD = 0.3081
 
 IDX_FILES = {
-  "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+  'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
+  'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'),
 }
-EXPECTED_COUNTS = {"train": 60_000, "test": 10_000}
+EXPECTED_COUNTS = {'train': 60_000, 'test': 10_000}
 _IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions.
 _LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension.
 
@@ -51,16 +51,16 @@ class Split(NamedTuple):
 def _read_bytes(path: str) -> bytes:
   """Reads a file, transparently gunzipping `.gz`; corrupt gzip becomes a DataError."""
   try:
-    with open(path, "rb") as f:
+    with open(path, 'rb') as f:
       raw = f.read()
   except OSError as e:
-    raise DataError(f"{path}: cannot read ({e.strerror or e}).") from e
-  if not path.endswith(".gz"):
+    raise DataError(f'{path}: cannot read ({e.strerror or e}).') from e
+  if not path.endswith('.gz'):
     return raw
   try:
     return gzip.decompress(raw)
   except (OSError, EOFError, zlib.error) as e:
-    raise DataError(f"{path}: corrupt or truncated gzip data ({e}).") from e
+    raise DataError(f'{path}: corrupt or truncated gzip data ({e}).') from e
 
 
 def parse_idx(data: bytes, *, name: str, magic: int, item_shape: tuple[int, ...]) -> np.ndarray:
@@ -78,47 +78,47 @@ def parse_idx(data: bytes, *, name: str, magic: int, item_shape: tuple[int, ...]
   ndim = 1 + len(item_shape)
   header_len = 4 + 4 * ndim
   if len(data) < 4:
-    raise DataError(f"{name}: file is {len(data)} bytes, too short for an IDX header.")
-  found_magic = int.from_bytes(data[:4], "big")
+    raise DataError(f'{name}: file is {len(data)} bytes, too short for an IDX header.')
+  found_magic = int.from_bytes(data[:4], 'big')
   if found_magic != magic:
     raise DataError(
-      f"{name}: wrong IDX magic number {found_magic} (expected {magic}: "
-      f"{'images' if magic == _IMAGES_MAGIC else 'labels'}, uint8, {ndim} dimensions)."
+      f'{name}: wrong IDX magic number {found_magic} (expected {magic}: '
+      f'{"images" if magic == _IMAGES_MAGIC else "labels"}, uint8, {ndim} dimensions).'
     )
   if len(data) < header_len:
-    raise DataError(f"{name}: truncated IDX header ({len(data)} of {header_len} bytes).")
-  dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    raise DataError(f'{name}: truncated IDX header ({len(data)} of {header_len} bytes).')
+  dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], 'big') for i in range(ndim))
   if dims[1:] != item_shape:
-    raise DataError(f"{name}: item shape {dims[1:]} but MNIST needs {item_shape}.")
+    raise DataError(f'{name}: item shape {dims[1:]} but MNIST needs {item_shape}.')
   expected = header_len + math.prod(dims)
   if len(data) != expected:
     raise DataError(
-      f"{name}: header says {dims[0]} items ({expected} bytes) but the file has "
-      f"{len(data)} bytes ({'truncated' if len(data) < expected else 'trailing data'})."
+      f'{name}: header says {dims[0]} items ({expected} bytes) but the file has '
+      f'{len(data)} bytes ({"truncated" if len(data) < expected else "trailing data"}).'
     )
   return np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(dims)
 
 
 def _find_idx_file(folder: str, stem: str) -> str:
   """Returns the path of `stem` or `stem.gz` in `folder`."""
-  for candidate in (stem, stem + ".gz"):
+  for candidate in (stem, stem + '.gz'):
     path = os.path.join(folder, candidate)
     if os.path.isfile(path):
       return path
   present = sorted(os.listdir(folder))
   raise DataError(
-    f"{folder}: missing MNIST file {stem}[.gz]; the folder holds {present or 'nothing'}. "
-    f"It needs all four: {', '.join(s for pair in IDX_FILES.values() for s in pair)}."
+    f'{folder}: missing MNIST file {stem}[.gz]; the folder holds {present or "nothing"}. '
+    f'It needs all four: {", ".join(s for pair in IDX_FILES.values() for s in pair)}.'
   )
 
 
 def load_idx_dir(folder: str, split: str) -> Split:
   """Reads one split ('train' or 'test') from a folder of the standard IDX files."""
   if split not in IDX_FILES:
-    raise DataError(f"unknown split {split!r}; expected one of {sorted(IDX_FILES)}.")
+    raise DataError(f'unknown split {split!r}; expected one of {sorted(IDX_FILES)}.')
   if not os.path.isdir(folder):
     raise DataError(
-      f"data_dir {folder!r} is not a folder (set --config.data_dir to the IDX folder)."
+      f'data_dir {folder!r} is not a folder (set --config.data_dir to the IDX folder).'
     )
   images_stem, labels_stem = IDX_FILES[split]
   images_path = _find_idx_file(folder, images_stem)
@@ -129,11 +129,11 @@ def load_idx_dir(folder: str, split: str) -> Split:
   labels = parse_idx(_read_bytes(labels_path), name=labels_path, magic=_LABELS_MAGIC, item_shape=())
   if len(images) != len(labels):
     raise DataError(
-      f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels."
+      f'{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels.'
     )
   if len(labels) and labels.max() >= NUM_CLASSES:
     bad = int(np.argmax(labels >= NUM_CLASSES))
-    raise DataError(f"{labels_path}: label {labels[bad]} at index {bad} is outside 0-9.")
+    raise DataError(f'{labels_path}: label {labels[bad]} at index {bad} is outside 0-9.')
   return Split(images=images, labels=labels.astype(np.int32))
 
 
@@ -141,10 +141,10 @@ def write_idx(path: str, array: np.ndarray) -> None:
   """Writes a uint8 array as an IDX file (gzip-compressed if `path` ends in .gz)."""
   array = np.asarray(array, dtype=np.uint8)
   magic = _LABELS_MAGIC if array.ndim == 1 else _IMAGES_MAGIC
-  header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+  header = magic.to_bytes(4, 'big') + b''.join(d.to_bytes(4, 'big') for d in array.shape)
   data = header + array.tobytes()
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "wb") as f:
+  opener = gzip.open if path.endswith('.gz') else open
+  with opener(path, 'wb') as f:
     f.write(data)
 
 
@@ -156,24 +156,24 @@ def load_tfds(split: str, tfds_data_dir: str | None = None) -> Split:
   import tensorflow_datasets as tfds  # Imported lazily: slow, and unused for IDX folders.
 
   try:
-    source = tfds.data_source("mnist", split=split, data_dir=tfds_data_dir)
+    source = tfds.data_source('mnist', split=split, data_dir=tfds_data_dir)
     examples = [source[i] for i in range(len(source))]
   except Exception as e:  # TFDS raises many types (network, missing modules, ...).
     raise DataError(
-      f"could not load MNIST through TFDS ({type(e).__name__}: {e}). Without network access, "
-      "point --config.data_dir at a folder of the four MNIST IDX files (.gz or raw), "
-      "e.g. --config.data_dir=../shared/mnist."
+      f'could not load MNIST through TFDS ({type(e).__name__}: {e}). Without network access, '
+      'point --config.data_dir at a folder of the four MNIST IDX files (.gz or raw), '
+      'e.g. --config.data_dir=../shared/mnist.'
     ) from e
-  images = np.stack([np.asarray(ex["image"], np.uint8).reshape(IMAGE_SHAPE) for ex in examples])
-  labels = np.asarray([ex["label"] for ex in examples], dtype=np.int32)
+  images = np.stack([np.asarray(ex['image'], np.uint8).reshape(IMAGE_SHAPE) for ex in examples])
+  labels = np.asarray([ex['label'] for ex in examples], dtype=np.int32)
   return Split(images=images, labels=labels)
 
 
-def get_datasets(data_dir: str = "", tfds_data_dir: str | None = None) -> dict[str, Split]:
+def get_datasets(data_dir: str = '', tfds_data_dir: str | None = None) -> dict[str, Split]:
   """Returns {'train': Split, 'test': Split} from `data_dir` (IDX) or, if empty, from TFDS."""
   if data_dir:
-    return {split: load_idx_dir(data_dir, split) for split in ("train", "test")}
-  return {split: load_tfds(split, tfds_data_dir) for split in ("train", "test")}
+    return {split: load_idx_dir(data_dir, split) for split in ('train', 'test')}
+  return {split: load_tfds(split, tfds_data_dir) for split in ('train', 'test')}
 
 
 # ----------------------------------------------------------------------------- on device
@@ -183,7 +183,7 @@ def _affine_one(image: jax.Array, angle: jax.Array, shift: jax.Array) -> jax.Arr
   """Rotates one [28, 28] float image by `angle` radians about its centre, then shifts it."""
   h, w = image.shape
   rows, cols = jnp.meshgrid(
-    jnp.arange(h, dtype=image.dtype), jnp.arange(w, dtype=image.dtype), indexing="ij"
+    jnp.arange(h, dtype=image.dtype), jnp.arange(w, dtype=image.dtype), indexing='ij'
   )
   cy, cx = (h - 1) / 2, (w - 1) / 2
   # Inverse map: output pixel (r, c) samples input at R(-angle) @ ((r, c) - centre - shift).

@@ -55,30 +55,30 @@ class NonFiniteError(FloatingPointError):
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Refuses out-of-range values before anything is compiled; each message names the field."""
   checks = [
-    ("num_epochs", config.num_epochs >= 1, "must be >= 1"),
-    ("batch_size", config.batch_size >= 1, "must be >= 1"),
-    ("eval_batch_size", config.eval_batch_size >= 1, "must be >= 1"),
-    ("learning_rate", config.learning_rate > 0, "must be > 0"),
-    ("warmup_fraction", 0 <= config.warmup_fraction < 1, "must be in [0, 1)"),
-    ("momentum", 0 <= config.momentum < 1, "must be in [0, 1)"),
-    ("weight_decay", config.weight_decay >= 0, "must be >= 0"),
-    ("label_smoothing", 0 <= config.label_smoothing < 1, "must be in [0, 1)"),
-    ("dropout_rate", 0 <= config.dropout_rate < 1, "must be in [0, 1)"),
-    ("max_degrees", 0 <= config.max_degrees <= 180, "must be in [0, 180]"),
-    ("max_shift", 0 <= config.max_shift <= 14, "must be in [0, 14] pixels"),
-    ("steps_per_call", config.steps_per_call >= 0, "must be >= 0 (0 = auto)"),
-    ("checkpoints_to_keep", config.checkpoints_to_keep >= 1, "must be >= 1"),
-    ("arch", config.arch in cnn.ARCHITECTURES, f"must be one of {sorted(cnn.ARCHITECTURES)}"),
+    ('num_epochs', config.num_epochs >= 1, 'must be >= 1'),
+    ('batch_size', config.batch_size >= 1, 'must be >= 1'),
+    ('eval_batch_size', config.eval_batch_size >= 1, 'must be >= 1'),
+    ('learning_rate', config.learning_rate > 0, 'must be > 0'),
+    ('warmup_fraction', 0 <= config.warmup_fraction < 1, 'must be in [0, 1)'),
+    ('momentum', 0 <= config.momentum < 1, 'must be in [0, 1)'),
+    ('weight_decay', config.weight_decay >= 0, 'must be >= 0'),
+    ('label_smoothing', 0 <= config.label_smoothing < 1, 'must be in [0, 1)'),
+    ('dropout_rate', 0 <= config.dropout_rate < 1, 'must be in [0, 1)'),
+    ('max_degrees', 0 <= config.max_degrees <= 180, 'must be in [0, 180]'),
+    ('max_shift', 0 <= config.max_shift <= 14, 'must be in [0, 14] pixels'),
+    ('steps_per_call', config.steps_per_call >= 0, 'must be >= 0 (0 = auto)'),
+    ('checkpoints_to_keep', config.checkpoints_to_keep >= 1, 'must be >= 1'),
+    ('arch', config.arch in cnn.ARCHITECTURES, f'must be one of {sorted(cnn.ARCHITECTURES)}'),
   ]
   for field, ok, requirement in checks:
     if not ok:
-      raise ConfigError(f"config.{field}={config[field]!r} {requirement}.")
+      raise ConfigError(f'config.{field}={config[field]!r} {requirement}.')
   if config.data_dir and not os.path.isdir(config.data_dir):
-    raise ConfigError(f"config.data_dir={config.data_dir!r} is not an existing folder.")
+    raise ConfigError(f'config.data_dir={config.data_dir!r} is not an existing folder.')
   devices = jax.device_count()
-  for field in ("batch_size", "eval_batch_size"):
+  for field in ('batch_size', 'eval_batch_size'):
     if config[field] % devices:
-      raise ConfigError(f"config.{field}={config[field]} is not divisible by {devices} devices.")
+      raise ConfigError(f'config.{field}={config[field]} is not divisible by {devices} devices.')
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -86,12 +86,12 @@ def prepare_workdir(workdir: str) -> str:
   workdir = os.path.abspath(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
-    with open(probe, "w") as f:
-      f.write("ok")
+    probe = os.path.join(workdir, '.write_test')
+    with open(probe, 'w') as f:
+      f.write('ok')
     os.remove(probe)
   except OSError as e:
-    raise ConfigError(f"workdir {workdir!r} is not writable ({e.strerror or e}).") from e
+    raise ConfigError(f'workdir {workdir!r} is not writable ({e.strerror or e}).') from e
   return workdir
 
 
@@ -119,7 +119,7 @@ def create_train_state(
     optax.sgd(make_schedule(config, steps_per_epoch), momentum=config.momentum, nesterov=True),
   )
   return TrainState.create(
-    apply_fn=model.apply, params=variables["params"], batch_stats=variables["batch_stats"], tx=tx
+    apply_fn=model.apply, params=variables['params'], batch_stats=variables['batch_stats'], tx=tx
   )
 
 
@@ -153,12 +153,12 @@ def train_step(
   )
 
   def loss_fn(params):
-    variables = {"params": params, "batch_stats": state.batch_stats}
+    variables = {'params': params, 'batch_stats': state.batch_stats}
     logits, updates = state.apply_fn(
-      variables, images, train=True, rngs={"dropout": rng_dropout}, mutable=["batch_stats"]
+      variables, images, train=True, rngs={'dropout': rng_dropout}, mutable=['batch_stats']
     )
     loss = cross_entropy(logits, labels, label_smoothing).mean()
-    return loss, (logits, updates["batch_stats"])
+    return loss, (logits, updates['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
@@ -166,10 +166,10 @@ def train_step(
     jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
   )
   metrics = {
-    "loss_sum": loss * labels.shape[0],
-    "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
-    "count": jnp.asarray(labels.shape[0], jnp.int32),
-    "finite": finite,
+    'loss_sum': loss * labels.shape[0],
+    'correct': jnp.sum(jnp.argmax(logits, -1) == labels),
+    'count': jnp.asarray(labels.shape[0], jnp.int32),
+    'finite': finite,
   }
   return new_state, metrics
 
@@ -177,10 +177,10 @@ def train_step(
 def zero_sums() -> dict[str, jax.Array]:
   """Running sums carried across the steps of one epoch (first_bad_step -1: none yet)."""
   return {
-    "loss_sum": jnp.zeros((), jnp.float32),
-    "correct": jnp.zeros((), jnp.int32),
-    "count": jnp.zeros((), jnp.int32),
-    "first_bad_step": jnp.full((), -1, jnp.int32),
+    'loss_sum': jnp.zeros((), jnp.float32),
+    'correct': jnp.zeros((), jnp.int32),
+    'count': jnp.zeros((), jnp.int32),
+    'first_bad_step': jnp.full((), -1, jnp.int32),
   }
 
 
@@ -210,14 +210,14 @@ def train_steps(
       images = jax.lax.with_sharding_constraint(images, batch_sharding)
       labels = jax.lax.with_sharding_constraint(labels, batch_sharding)
     new_state, m = step_fn(state, images, labels, jax.random.fold_in(rng, state.step))
-    ok = m["finite"] & (sums["first_bad_step"] < 0)
+    ok = m['finite'] & (sums['first_bad_step'] < 0)
     state = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new_state, state)
     sums = {
-      "loss_sum": sums["loss_sum"] + jnp.where(ok, m["loss_sum"], 0.0),
-      "correct": sums["correct"] + jnp.where(ok, m["correct"], 0),
-      "count": sums["count"] + jnp.where(ok, m["count"], 0),
-      "first_bad_step": jnp.where(
-        (sums["first_bad_step"] < 0) & ~m["finite"], state.step, sums["first_bad_step"]
+      'loss_sum': sums['loss_sum'] + jnp.where(ok, m['loss_sum'], 0.0),
+      'correct': sums['correct'] + jnp.where(ok, m['correct'], 0),
+      'count': sums['count'] + jnp.where(ok, m['count'], 0),
+      'first_bad_step': jnp.where(
+        (sums['first_bad_step'] < 0) & ~m['finite'], state.step, sums['first_bad_step']
       ),
     }
     return (state, sums), None
@@ -236,14 +236,14 @@ def eval_step(
   state: TrainState, images_u8: jax.Array, labels: jax.Array, mask: jax.Array
 ) -> dict[str, jax.Array]:
   """Loss/correct sums over the masked-in examples of one batch, and every prediction."""
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
   logits = state.apply_fn(variables, input_pipeline.preprocess(images_u8), train=False)
   preds = jnp.argmax(logits, -1)
   return {
-    "loss_sum": jnp.sum(jnp.where(mask, cross_entropy(logits, labels), 0.0)),
-    "correct": jnp.sum((preds == labels) & mask),
-    "count": jnp.sum(mask.astype(jnp.int32)),
-    "preds": preds,
+    'loss_sum': jnp.sum(jnp.where(mask, cross_entropy(logits, labels), 0.0)),
+    'correct': jnp.sum((preds == labels) & mask),
+    'count': jnp.sum(mask.astype(jnp.int32)),
+    'preds': preds,
   }
 
 
@@ -261,12 +261,12 @@ def evaluate(
     for i in range(0, padded, batch_size)
   ]
   outs = jax.device_get(outs)
-  count = sum(int(o["count"]) for o in outs)
+  count = sum(int(o['count']) for o in outs)
   metrics = {
-    "loss": sum(float(o["loss_sum"]) for o in outs) / count,
-    "accuracy": sum(int(o["correct"]) for o in outs) / count,
+    'loss': sum(float(o['loss_sum']) for o in outs) / count,
+    'accuracy': sum(int(o['correct']) for o in outs) / count,
   }
-  return metrics, np.concatenate([o["preds"] for o in outs])[:n]
+  return metrics, np.concatenate([o['preds'] for o in outs])[:n]
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -288,7 +288,7 @@ def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
     max_to_keep=keep, create=True, enable_async_checkpointing=False
   )
-  return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options)
+  return ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), options=options)
 
 
 def restore_latest(manager: ocp.CheckpointManager, target: TrainState) -> tuple[TrainState, int]:
@@ -302,9 +302,9 @@ def restore_latest(manager: ocp.CheckpointManager, target: TrainState) -> tuple[
       with _quiet_orbax():
         restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # Orbax/TensorStore raise many types for unreadable files.
-      logging.warning("Checkpoint of epoch %d is unreadable (%s); trying the one before.", step, e)
+      logging.warning('Checkpoint of epoch %d is unreadable (%s); trying the one before.', step, e)
       continue
-    logging.info("Resuming from the checkpoint of epoch %d.", step)
+    logging.info('Resuming from the checkpoint of epoch %d.', step)
     return restored, step
   return target, 0
 
@@ -316,31 +316,31 @@ class MetricsLog:
   """Writes one JSON line per epoch to workdir/metrics.jsonl and the same to TensorBoard."""
 
   def __init__(self, workdir: str, resume_epoch: int):
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = os.path.join(workdir, 'metrics.jsonl')
     self.history = []
     if os.path.exists(self.path):
       with open(self.path) as f:
         lines = [json.loads(line) for line in f if line.strip()]
       # Epochs after the restored checkpoint are re-run, so their old lines are dropped.
-      self.history = [r for r in lines if r["epoch"] <= resume_epoch]
+      self.history = [r for r in lines if r['epoch'] <= resume_epoch]
     self._rewrite()
     from tensorboardX import SummaryWriter  # Lazy: only the trainer needs it.
 
-    self.writer = SummaryWriter(os.path.join(workdir, "tb"), purge_step=resume_epoch + 1)
+    self.writer = SummaryWriter(os.path.join(workdir, 'tb'), purge_step=resume_epoch + 1)
 
   def _rewrite(self):
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in self.history)
+    tmp = self.path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(json.dumps(r) + '\n' for r in self.history)
     os.replace(tmp, self.path)
 
   def write(self, record: dict[str, Any]) -> None:
     self.history.append(record)
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
     for key, value in record.items():
-      if key != "epoch" and isinstance(value, int | float):
-        self.writer.add_scalar(key, value, record["epoch"])
+      if key != 'epoch' and isinstance(value, int | float):
+        self.writer.add_scalar(key, value, record['epoch'])
     self.writer.flush()
 
   def close(self):
@@ -349,8 +349,8 @@ class MetricsLog:
 
 def write_json(path: str, obj: Any) -> None:
   """Writes JSON atomically (temp file + rename)."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
     json.dump(obj, f, indent=2)
   os.replace(tmp, path)
 
@@ -365,7 +365,7 @@ def default_steps_per_call(steps_per_epoch: int) -> tuple[int, bool]:
   (see ../shared/MEASURED.md), while an unrolled scan of a few steps is the fastest driver
   there. Accelerators run the whole epoch as one rolled scan: no host round-trip per step.
   """
-  if jax.default_backend() == "cpu":
+  if jax.default_backend() == 'cpu':
     return min(8, steps_per_epoch), True
   return steps_per_epoch, False
 
@@ -383,20 +383,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   validate_config(config)
   workdir = prepare_workdir(workdir)
   data = input_pipeline.get_datasets(config.data_dir, config.tfds_data_dir or None)
-  train_data, test_data = data["train"], data["test"]
+  train_data, test_data = data['train'], data['test']
   steps_per_epoch = len(train_data.labels) // config.batch_size
   if steps_per_epoch < 1:
     raise ConfigError(
-      f"config.batch_size={config.batch_size} exceeds the {len(train_data.labels)} training "
-      "examples."
+      f'config.batch_size={config.batch_size} exceeds the {len(train_data.labels)} training '
+      'examples.'
     )
   chunk, unroll = default_steps_per_call(steps_per_epoch)
   if config.steps_per_call:
     chunk = min(config.steps_per_call, steps_per_epoch)
 
   # One 'data' axis over every device: batches sharded, state and data set replicated.
-  mesh = jax.make_mesh((jax.device_count(),), ("data",))
-  replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  mesh = jax.make_mesh((jax.device_count(),), ('data',))
+  replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
 
   rng = jax.random.key(config.seed)
   init_rng, perm_rng, step_rng = jax.random.split(rng, 3)
@@ -404,9 +404,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model = cnn.build(config.arch, config.dropout_rate)
   num_params = cnn.count_params(state.params)
   logging.info(
-    "Model %r, %s parameters:\n%s",
+    'Model %r, %s parameters:\n%s',
     config.arch,
-    f"{num_params:,}",
+    f'{num_params:,}',
     cnn.format_summary(cnn.summary(model)),
   )
 
@@ -447,7 +447,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ).compile()
   compile_seconds = time.perf_counter() - t0
   logging.info(
-    "Compiled %s-step train calls in %.1f s (backend %s, %d device(s)).",
+    'Compiled %s-step train calls in %.1f s (backend %s, %d device(s)).',
     sorted(compiled),
     compile_seconds,
     jax.default_backend(),
@@ -464,8 +464,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     sums = jax.device_put(zero_sums(), replicated)
     bar = tqdm(
       total=steps_per_epoch,
-      desc=f"epoch {epoch}/{config.num_epochs}",
-      unit="step",
+      desc=f'epoch {epoch}/{config.num_epochs}',
+      unit='step',
       leave=False,
       disable=not sys.stderr.isatty(),
     )
@@ -477,11 +477,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       bar.update(k)
     sums = jax.device_get(sums)  # The only host sync of the epoch.
     bar.close()
-    if sums["first_bad_step"] >= 0:
+    if sums['first_bad_step'] >= 0:
       raise NonFiniteError(
-        f"Non-finite loss or gradient at step {int(sums['first_bad_step'])} (epoch {epoch}); "
-        f"training stopped. The last good checkpoint (epoch {epoch - 1}) is kept in "
-        f"{os.path.join(workdir, 'checkpoints')}."
+        f'Non-finite loss or gradient at step {int(sums["first_bad_step"])} (epoch {epoch}); '
+        f'training stopped. The last good checkpoint (epoch {epoch - 1}) is kept in '
+        f'{os.path.join(workdir, "checkpoints")}.'
       )
     train_seconds = time.perf_counter() - t0
     test_metrics, _ = evaluate(
@@ -491,27 +491,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       manager.save(epoch, args=ocp.args.StandardSave(state))
       manager.wait_until_finished()
     record = {
-      "epoch": epoch,
-      "step": int(state.step),
-      "train_loss": float(sums["loss_sum"] / sums["count"]),
-      "train_accuracy": float(sums["correct"] / sums["count"]),
-      "test_loss": test_metrics["loss"],
-      "test_accuracy": test_metrics["accuracy"],
-      "learning_rate": float(make_schedule(config, steps_per_epoch)(int(state.step) - 1)),
-      "train_seconds": train_seconds,
-      "images_per_second": steps_per_epoch * config.batch_size / train_seconds,
+      'epoch': epoch,
+      'step': int(state.step),
+      'train_loss': float(sums['loss_sum'] / sums['count']),
+      'train_accuracy': float(sums['correct'] / sums['count']),
+      'test_loss': test_metrics['loss'],
+      'test_accuracy': test_metrics['accuracy'],
+      'learning_rate': float(make_schedule(config, steps_per_epoch)(int(state.step) - 1)),
+      'train_seconds': train_seconds,
+      'images_per_second': steps_per_epoch * config.batch_size / train_seconds,
     }
     log.write(record)
     logging.info(
-      "epoch %2d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  lr %.4f  %.1f s (%.0f img/s)",
+      'epoch %2d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  lr %.4f  %.1f s (%.0f img/s)',
       epoch,
-      record["train_loss"],
-      record["train_accuracy"],
-      record["test_loss"],
-      record["test_accuracy"],
-      record["learning_rate"],
+      record['train_loss'],
+      record['train_accuracy'],
+      record['test_loss'],
+      record['test_accuracy'],
+      record['learning_rate'],
       train_seconds,
-      record["images_per_second"],
+      record['images_per_second'],
     )
   log.close()
 
@@ -519,37 +519,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     eval_fn, state, test_data.images, test_data.labels, config.eval_batch_size
   )
   history = log.history
-  accs = [r["test_accuracy"] for r in history]
-  reached = [r["epoch"] for r in history if r["test_accuracy"] >= TARGET_ACCURACY]
+  accs = [r['test_accuracy'] for r in history]
+  reached = [r['epoch'] for r in history if r['test_accuracy'] >= TARGET_ACCURACY]
   summary = {
-    "params": num_params,
-    "arch": config.arch,
-    "seed": config.seed,
-    "epochs": len(history),
-    "best_test_accuracy": max(accs) if accs else None,
-    "best_epoch": history[int(np.argmax(accs))]["epoch"] if accs else None,
-    "final_test_accuracy": test_metrics["accuracy"],
-    "mean_last3_test_accuracy": float(np.mean(accs[-3:])) if accs else None,
-    "first_epoch_at_target": reached[0] if reached else None,
-    "target_accuracy": TARGET_ACCURACY,
-    "train_seconds": sum(r["train_seconds"] for r in history),
-    "compile_seconds": compile_seconds,
-    "device_kind": jax.devices()[0].device_kind,
-    "device_count": jax.device_count(),
-    "config": config.to_dict(),
+    'params': num_params,
+    'arch': config.arch,
+    'seed': config.seed,
+    'epochs': len(history),
+    'best_test_accuracy': max(accs) if accs else None,
+    'best_epoch': history[int(np.argmax(accs))]['epoch'] if accs else None,
+    'final_test_accuracy': test_metrics['accuracy'],
+    'mean_last3_test_accuracy': float(np.mean(accs[-3:])) if accs else None,
+    'first_epoch_at_target': reached[0] if reached else None,
+    'target_accuracy': TARGET_ACCURACY,
+    'train_seconds': sum(r['train_seconds'] for r in history),
+    'compile_seconds': compile_seconds,
+    'device_kind': jax.devices()[0].device_kind,
+    'device_count': jax.device_count(),
+    'config': config.to_dict(),
   }
-  write_json(os.path.join(workdir, "summary.json"), summary)
+  write_json(os.path.join(workdir, 'summary.json'), summary)
   if config.plots:
     import analysis  # Lazy: matplotlib is slow to import.
 
-    analysis.plot_curves(history, os.path.join(workdir, "curves.png"))
+    analysis.plot_curves(history, os.path.join(workdir, 'curves.png'))
     analysis.plot_misclassified(
-      test_data.images, test_data.labels, preds, os.path.join(workdir, "misclassified.png")
+      test_data.images, test_data.labels, preds, os.path.join(workdir, 'misclassified.png')
     )
   logging.info(
-    "Done: final test accuracy %.4f, best %.4f; summary in %s.",
-    summary["final_test_accuracy"],
-    summary["best_test_accuracy"],
+    'Done: final test accuracy %.4f, best %.4f; summary in %s.',
+    summary['final_test_accuracy'],
+    summary['best_test_accuracy'],
     workdir,
   )
   return summary
@@ -557,31 +557,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 # ----------------------------------------------------------------------------- CLI
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   from ml_collections import config_flags
 
   FLAGS = flags.FLAGS
   config_flags.DEFINE_config_file(
-    "config", "configs/mnist.py", "Training config file (see configs/).", lock_config=True
+    'config', 'configs/mnist.py', 'Training config file (see configs/).', lock_config=True
   )
-  flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and plots are written.")
+  flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and plots are written.')
   flags.DEFINE_string(
-    "coordinator_address",
+    'coordinator_address',
     None,
-    "Multi-host only: host:port of process 0 (jax.distributed.initialize).",
+    'Multi-host only: host:port of process 0 (jax.distributed.initialize).',
   )
-  flags.DEFINE_integer("num_processes", None, "Multi-host only: number of processes.")
-  flags.DEFINE_integer("process_id", None, "Multi-host only: index of this process.")
-  flags.mark_flags_as_required(["workdir"])
+  flags.DEFINE_integer('num_processes', None, 'Multi-host only: number of processes.')
+  flags.DEFINE_integer('process_id', None, 'Multi-host only: index of this process.')
+  flags.mark_flags_as_required(['workdir'])
 
   def main(argv):
     if len(argv) > 1:
-      raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+      raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     if FLAGS.coordinator_address:
       jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     try:
       train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (ConfigError, input_pipeline.DataError, NonFiniteError) as e:
-      sys.exit(f"error: {e}")
+      sys.exit(f'error: {e}')
 
   app.run(main)

@@ -30,23 +30,23 @@ class Layer:
   kind: str
   features: int = 0  # output channels ('conv') or classes ('dense')
   kernel: int = 3  # square kernel size for 'conv'
-  padding: str = "SAME"  # 'SAME' keeps the spatial size; 'VALID' shrinks it by kernel - 1
+  padding: str = 'SAME'  # 'SAME' keeps the spatial size; 'VALID' shrinks it by kernel - 1
 
 
-def conv(features: int, kernel: int = 3, padding: str = "SAME") -> Layer:
-  return Layer("conv", features, kernel, padding)
+def conv(features: int, kernel: int = 3, padding: str = 'SAME') -> Layer:
+  return Layer('conv', features, kernel, padding)
 
 
-POOL = Layer("pool", kernel=2)
-GAP = Layer("gap")
-DROPOUT = Layer("dropout")
-HEAD = Layer("dense", 10)
+POOL = Layer('pool', kernel=2)
+GAP = Layer('gap')
+DROPOUT = Layer('dropout')
+HEAD = Layer('dense', 10)
 
 # Each entry: name -> layers. Parameter counts are asserted in tests/cnn_test.py.
 ARCHITECTURES: dict[str, tuple[Layer, ...]] = {
   # Default (17,946 params): widen to 32 channels at 28x28 and 14x14, squeeze back to 16 with
-  # 1x1 convs before each pool's next stage, and end on a 5x5 map (RF 38 > 28) before GAP.
-  "default": (
+  # 1x1 convs after each pool, and end on a 5x5 map before GAP (receptive field 40 > 28).
+  'default': (
     conv(16),
     conv(32),
     POOL,
@@ -55,7 +55,7 @@ ARCHITECTURES: dict[str, tuple[Layer, ...]] = {
     conv(32),
     POOL,
     conv(16, 1),
-    conv(32, 3, "VALID"),
+    conv(32, 3, 'VALID'),
     GAP,
     HEAD,
   ),
@@ -72,35 +72,35 @@ class CNN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     for layer in self.layers:
-      if layer.kind == "conv":
+      if layer.kind == 'conv':
         x = nn.Conv(
           layer.features, (layer.kernel, layer.kernel), padding=layer.padding, use_bias=False
         )(x)  # No bias: the BatchNorm shift that follows replaces it.
         x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x)
         x = nn.relu(x)
-      elif layer.kind == "pool":
+      elif layer.kind == 'pool':
         x = nn.max_pool(x, (layer.kernel, layer.kernel), strides=(layer.kernel, layer.kernel))
-      elif layer.kind == "gap":
+      elif layer.kind == 'gap':
         x = jnp.mean(x, axis=(1, 2))
-      elif layer.kind == "dropout":
+      elif layer.kind == 'dropout':
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-      elif layer.kind == "dense":
+      elif layer.kind == 'dense':
         x = nn.Dense(layer.features)(x)
       else:
-        raise ValueError(f"unknown layer kind {layer.kind!r}")
+        raise ValueError(f'unknown layer kind {layer.kind!r}')
     return x
 
 
 def build(arch: str, dropout_rate: float = 0.0) -> CNN:
   """Returns the CNN for an `ARCHITECTURES` name."""
   if arch not in ARCHITECTURES:
-    raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}.")
+    raise ValueError(f'unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}.')
   return CNN(layers=ARCHITECTURES[arch], dropout_rate=dropout_rate)
 
 
 def init(model: CNN, rng: jax.Array, image_shape=(28, 28, 1)) -> dict[str, Any]:
   """Returns the variables {'params', 'batch_stats'} for a batch of one image."""
-  return model.init({"params": rng}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  return model.init({'params': rng}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
 
 
 def apply(
@@ -116,11 +116,11 @@ def apply(
   In training BatchNorm uses batch statistics and returns updated running averages; in
   evaluation it uses the running averages and returns them unchanged.
   """
-  rngs = {"dropout": rng} if rng is not None else {}
+  rngs = {'dropout': rng} if rng is not None else {}
   if train:
-    logits, updates = model.apply(variables, images, train=True, rngs=rngs, mutable=["batch_stats"])
-    return logits, updates["batch_stats"]
-  return model.apply(variables, images, train=False), variables["batch_stats"]
+    logits, updates = model.apply(variables, images, train=True, rngs=rngs, mutable=['batch_stats'])
+    return logits, updates['batch_stats']
+  return model.apply(variables, images, train=False), variables['batch_stats']
 
 
 def count_params(params: Any) -> int:
@@ -131,15 +131,15 @@ def count_params(params: Any) -> int:
 def param_count(model: CNN) -> int:
   """Trainable parameters of `model`, from shapes alone (jax.eval_shape: nothing allocated)."""
   shapes = jax.eval_shape(lambda: init(model, jax.random.key(0)))
-  return count_params(shapes["params"])
+  return count_params(shapes['params'])
 
 
 def summary(model: CNN, image_shape=(28, 28, 1)) -> list[dict[str, Any]]:
   """Per-layer rows: name, output shape, trainable parameters and receptive field (pixels).
 
   The receptive field grows by (kernel - 1) * jump at each conv/pool, and the jump (input
-  pixels between neighbouring outputs) multiplies by each pool's stride; GAP sees the whole
-  input by construction.
+  pixels between neighbouring outputs) multiplies by each pool's stride; GAP acts as a kernel
+  the size of its input map. A field wider than 28 includes zero padding.
   """
   rows = []
   shape = (1, *image_shape)
@@ -150,25 +150,25 @@ def summary(model: CNN, image_shape=(28, 28, 1)) -> list[dict[str, Any]]:
       lambda s=shape, m=sub: m.init(jax.random.key(0), jnp.zeros(s), train=False)
     )
     out = jax.eval_shape(lambda v, s=shape, m=sub: m.apply(v, jnp.zeros(s), train=False), variables)
-    if layer.kind in ("conv", "pool"):
+    if layer.kind in ('conv', 'pool'):
       rf += (layer.kernel - 1) * jump
-      if layer.kind == "pool":
+      if layer.kind == 'pool':
         jump *= layer.kernel
-    elif layer.kind == "gap":
-      rf = max(rf, image_shape[0])
+    elif layer.kind == 'gap':  # Averages an HxW map: as if an HxW kernel.
+      rf += (shape[1] - 1) * jump
     name = {
-      "conv": f"conv{layer.kernel}x{layer.kernel}-bn-relu({layer.features})",
-      "pool": "maxpool2x2",
-      "gap": "global-avg-pool",
-      "dropout": f"dropout({model.dropout_rate})",
-      "dense": f"dense({layer.features})",
+      'conv': f'conv{layer.kernel}x{layer.kernel}-bn-relu({layer.features})',
+      'pool': 'maxpool2x2',
+      'gap': 'global-avg-pool',
+      'dropout': f'dropout({model.dropout_rate})',
+      'dense': f'dense({layer.features})',
     }[layer.kind]
     rows.append(
       {
-        "layer": f"{i:2d} {name}",
-        "output": tuple(out.shape[1:]),
-        "params": count_params(variables.get("params", {})),
-        "receptive_field": rf,
+        'layer': f'{i:2d} {name}',
+        'output': tuple(out.shape[1:]),
+        'params': count_params(variables.get('params', {})),
+        'receptive_field': rf,
       }
     )
     shape = out.shape
@@ -177,9 +177,9 @@ def summary(model: CNN, image_shape=(28, 28, 1)) -> list[dict[str, Any]]:
 
 def format_summary(rows: list[dict[str, Any]]) -> str:
   """The summary as a Markdown table, with the total parameter count on the last line."""
-  lines = ["| layer | output | params | receptive field |", "| --- | --- | ---: | ---: |"]
+  lines = ['| layer | output | params | receptive field |', '| --- | --- | ---: | ---: |']
   for r in rows:
-    out = "x".join(map(str, r["output"]))
-    lines.append(f"| {r['layer']} | {out} | {r['params']:,} | {r['receptive_field']} |")
-  lines.append(f"| total | | {sum(r['params'] for r in rows):,} | |")
-  return "\n".join(lines)
+    out = 'x'.join(map(str, r['output']))
+    lines.append(f'| {r["layer"]} | {out} | {r["params"]:,} | {r["receptive_field"]} |')
+  lines.append(f'| total | | {sum(r["params"] for r in rows):,} | |')
+  return '\n'.join(lines)

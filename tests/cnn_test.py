@@ -1,0 +1,70 @@
+"""Tests for nets/cnn.py: parameter count, shapes, summary table, the pure apply function."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest, parameterized
+
+from nets import cnn
+
+# Asserted on purpose: a change to an architecture must update its count here (and the docs).
+EXPECTED_PARAMS = {'default': 17_946}
+
+
+class CnnTest(parameterized.TestCase):
+  @parameterized.named_parameters((name, name) for name in EXPECTED_PARAMS)
+  def test_param_count(self, arch):
+    model = cnn.build(arch)
+    self.assertEqual(cnn.param_count(model), EXPECTED_PARAMS[arch])
+    self.assertLess(cnn.param_count(model), 20_000)
+    variables = cnn.init(model, jax.random.key(0))
+    self.assertEqual(cnn.count_params(variables['params']), EXPECTED_PARAMS[arch])
+
+  def test_every_architecture_has_an_expected_count(self):
+    self.assertEqual(set(cnn.ARCHITECTURES), set(EXPECTED_PARAMS))
+
+  @parameterized.named_parameters((name, name) for name in EXPECTED_PARAMS)
+  def test_output_shapes(self, arch):
+    model = cnn.build(arch)
+    variables = cnn.init(model, jax.random.key(0))
+    images = jnp.zeros((5, 28, 28, 1))
+    logits, stats = cnn.apply(model, variables, images, train=True, rng=jax.random.key(1))
+    chex.assert_shape(logits, (5, 10))
+    chex.assert_trees_all_equal_shapes(stats, variables['batch_stats'])
+    logits, _ = cnn.apply(model, variables, images, train=False)
+    chex.assert_shape(logits, (5, 10))
+
+  def test_summary_matches_model(self):
+    model = cnn.build('default')
+    rows = cnn.summary(model)
+    self.assertLen(rows, len(model.layers))
+    self.assertEqual(sum(r['params'] for r in rows), cnn.param_count(model))
+    self.assertEqual(rows[-1]['output'], (10,))
+    self.assertEqual(rows[1]['output'], (28, 28, 32))
+    rf = [r['receptive_field'] for r in rows]
+    self.assertEqual(rf, sorted(rf))  # Never shrinks.
+    self.assertEqual(rf[:2], [3, 5])  # Two stacked 3x3 convs see 5x5.
+    self.assertGreaterEqual(rf[-1], 28)  # The GAP head sees the whole digit.
+    table = cnn.format_summary(rows)
+    self.assertIn('| total | | 17,946 | |', table)
+
+  def test_train_mode_updates_batch_stats_and_eval_is_deterministic(self):
+    model = cnn.build('default')
+    variables = cnn.init(model, jax.random.key(0))
+    images = jax.random.normal(jax.random.key(2), (8, 28, 28, 1))
+    _, stats = cnn.apply(model, variables, images, train=True)
+    leaves_old = jax.tree_util.tree_leaves(variables['batch_stats'])
+    leaves_new = jax.tree_util.tree_leaves(stats)
+    self.assertTrue(any(not np.allclose(a, b) for a, b in zip(leaves_old, leaves_new, strict=True)))
+    a, _ = cnn.apply(model, variables, images, train=False)
+    b, _ = cnn.apply(model, variables, images, train=False)
+    np.testing.assert_array_equal(a, b)
+
+  def test_unknown_architecture(self):
+    with self.assertRaisesRegex(ValueError, 'unknown architecture'):
+      cnn.build('nope')
+
+
+if __name__ == '__main__':
+  absltest.main()

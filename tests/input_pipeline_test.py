@@ -1,0 +1,232 @@
+"""Tests for input_pipeline: IDX and TFDS sources, validation, fuzzing, on-device augmentation."""
+
+import gzip
+import os
+import shutil
+import tempfile
+from unittest import mock
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow_datasets as tfds
+from absl.testing import absltest, parameterized
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import input_pipeline
+from tests import testutil
+
+IMAGES, LABELS = input_pipeline.IDX_FILES['train']
+
+
+class RealMnistTest(absltest.TestCase):
+  def test_real_files_match_published_counts(self):
+    if not testutil.real_mnist_available():
+      if os.environ.get('CI') == 'true':
+        self.fail(f'real MNIST missing at {testutil.MNIST_DIR} in CI')
+      self.skipTest('real MNIST not present')
+    data = input_pipeline.get_datasets(testutil.MNIST_DIR)
+    self.assertEqual(data['train'].images.shape, (60_000, 28, 28))
+    self.assertEqual(data['test'].images.shape, (10_000, 28, 28))
+    self.assertEqual(data['train'].images.dtype, np.uint8)
+    # Label counts from ../shared/mnist/README.md.
+    np.testing.assert_array_equal(
+      np.bincount(data['train'].labels),
+      [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
+    )
+    np.testing.assert_array_equal(
+      np.bincount(data['test'].labels), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    )
+
+
+class IdxTest(parameterized.TestCase):
+  def setUp(self):
+    super().setUp()
+    self.dir = testutil.write_idx_dir(self.create_tempdir().full_path, 40, 12)
+
+  def test_gz_and_raw_give_identical_arrays(self):
+    raw_dir = self.create_tempdir().full_path
+    for name in os.listdir(self.dir):
+      with gzip.open(os.path.join(self.dir, name)) as f:
+        with open(os.path.join(raw_dir, name[: -len('.gz')]), 'wb') as g:
+          g.write(f.read())
+    for split in ('train', 'test'):
+      a = input_pipeline.load_idx_dir(self.dir, split)
+      b = input_pipeline.load_idx_dir(raw_dir, split)
+      np.testing.assert_array_equal(a.images, b.images)
+      np.testing.assert_array_equal(a.labels, b.labels)
+      self.assertEqual(a.labels.dtype, np.int32)
+
+  def _rewrite(self, stem, transform):
+    """Replaces `stem`.gz by gzip(transform(raw bytes)) and returns its path."""
+    path = os.path.join(self.dir, stem + '.gz')
+    with gzip.open(path) as f:
+      data = f.read()
+    with gzip.open(path, 'wb') as f:
+      f.write(transform(data))
+    return path
+
+  @parameterized.named_parameters(
+    ('wrong_magic', IMAGES, lambda d: (1234).to_bytes(4, 'big') + d[4:], 'wrong IDX magic'),
+    ('labels_magic_in_images', IMAGES, lambda d: (2049).to_bytes(4, 'big') + d[4:], 'magic'),
+    ('wrong_dims', IMAGES, lambda d: d[:8] + (27).to_bytes(4, 'big') + d[12:], 'item shape'),
+    ('truncated', IMAGES, lambda d: d[:-100], 'truncated'),
+    ('trailing', LABELS, lambda d: d + b'\0', 'trailing data'),
+    ('header_cut', LABELS, lambda d: d[:6], 'truncated IDX header'),
+    ('empty', LABELS, lambda d: b'', 'too short'),
+    ('label_out_of_range', LABELS, lambda d: d[:-1] + bytes([10]), 'outside 0-9'),
+  )
+  def test_bad_file_names_file_and_problem(self, stem, transform, message):
+    path = self._rewrite(stem, transform)
+    with self.assertRaisesRegex(input_pipeline.DataError, message) as cm:
+      input_pipeline.load_idx_dir(self.dir, 'train')
+    self.assertIn(path, str(cm.exception))
+
+  def test_count_mismatch(self):
+    def drop_one_label(d):
+      n = int.from_bytes(d[4:8], 'big')
+      return d[:4] + (n - 1).to_bytes(4, 'big') + d[8:-1]
+
+    self._rewrite(LABELS, drop_one_label)
+    with self.assertRaisesRegex(input_pipeline.DataError, '40 images but .*39 labels'):
+      input_pipeline.load_idx_dir(self.dir, 'train')
+
+  def test_corrupt_gzip(self):
+    path = os.path.join(self.dir, IMAGES + '.gz')
+    with open(path, 'rb') as f:
+      data = f.read()
+    with open(path, 'wb') as f:
+      f.write(data[: len(data) // 2])
+    with self.assertRaisesRegex(input_pipeline.DataError, f'{path}: corrupt or truncated gzip'):
+      input_pipeline.load_idx_dir(self.dir, 'train')
+
+  def test_missing_file_and_empty_folder(self):
+    os.remove(os.path.join(self.dir, LABELS + '.gz'))
+    with self.assertRaisesRegex(input_pipeline.DataError, f'missing MNIST file {LABELS}'):
+      input_pipeline.load_idx_dir(self.dir, 'train')
+    empty = self.create_tempdir().full_path
+    with self.assertRaisesRegex(input_pipeline.DataError, 'holds nothing'):
+      input_pipeline.get_datasets(empty)
+
+  def test_not_a_folder(self):
+    with self.assertRaisesRegex(input_pipeline.DataError, 'is not a folder'):
+      input_pipeline.get_datasets('/nonexistent/mnist')
+
+
+class IdxFuzzTest(absltest.TestCase):
+  """No input makes the IDX reader raise anything but DataError (or hang)."""
+
+  @settings(max_examples=300, deadline=None)
+  @given(st.binary(max_size=64), st.sampled_from([(2051, (28, 28)), (2049, ())]))
+  def test_random_bytes(self, data, kind):
+    magic, shape = kind
+    try:
+      out = input_pipeline.parse_idx(data, name='fuzz', magic=magic, item_shape=shape)
+    except input_pipeline.DataError:
+      return
+    self.assertEqual(out.shape[1:], shape)
+
+  @settings(max_examples=300, deadline=None)
+  @given(st.integers(0, 19), st.integers(0, 255), st.integers(0, 30))
+  def test_mutated_valid_labels(self, pos, value, cut):
+    valid = (2049).to_bytes(4, 'big') + (8).to_bytes(4, 'big') + bytes(range(8))
+    data = bytearray(valid[: len(valid) - cut] if cut < len(valid) else b'')
+    if pos < len(data):
+      data[pos] = value
+    try:
+      out = input_pipeline.parse_idx(bytes(data), name='fuzz', magic=2049, item_shape=())
+    except input_pipeline.DataError:
+      return
+    self.assertEqual(out.ndim, 1)
+
+  @settings(max_examples=100, deadline=None)
+  @given(st.binary(max_size=200))
+  def test_random_gzip_files(self, data):
+    folder = tempfile.mkdtemp()
+    try:
+      for stem in input_pipeline.IDX_FILES['test']:
+        with open(os.path.join(folder, stem + '.gz'), 'wb') as f:
+          f.write(data)
+      with self.assertRaises(input_pipeline.DataError):
+        input_pipeline.load_idx_dir(folder, 'test')
+    finally:
+      shutil.rmtree(folder)
+
+
+class TfdsTest(absltest.TestCase):
+  def test_mock_data_shapes(self):
+    with tfds.testing.mock_data(num_examples=8):
+      data = input_pipeline.get_datasets('')
+    self.assertEqual(data['train'].images.shape, (8, 28, 28))
+    self.assertEqual(data['train'].images.dtype, np.uint8)
+    self.assertEqual(data['test'].labels.dtype, np.int32)
+    self.assertTrue(np.all((data['test'].labels >= 0) & (data['test'].labels < 10)))
+
+  def test_tfds_and_idx_give_identical_arrays(self):
+    folder = testutil.write_idx_dir(self.create_tempdir().full_path, 24, 10)
+    idx = input_pipeline.get_datasets(folder)
+
+    def as_data_source(builder, split, **kwargs):
+      del builder, kwargs
+      split = split if isinstance(split, str) else split[0]
+      s = idx[split]
+      # What TFDS's MNIST yields: image [28, 28, 1] uint8 and an int64 label.
+      return [
+        {'image': im[..., None], 'label': np.int64(lb)}
+        for im, lb in zip(s.images, s.labels, strict=True)
+      ]
+
+    with tfds.testing.mock_data(as_data_source_fn=as_data_source):
+      via_tfds = input_pipeline.get_datasets('')
+    for split in ('train', 'test'):
+      np.testing.assert_array_equal(via_tfds[split].images, idx[split].images)
+      np.testing.assert_array_equal(via_tfds[split].labels, idx[split].labels)
+
+  def test_no_network_error_names_the_setting(self):
+    with mock.patch.object(tfds, 'data_source', side_effect=ConnectionError('no route to host')):
+      with self.assertRaisesRegex(input_pipeline.DataError, r'--config\.data_dir'):
+        input_pipeline.get_datasets('')
+
+
+class AugmentTest(chex.TestCase):
+  def setUp(self):
+    super().setUp()
+    self.image = jax.random.uniform(jax.random.key(0), (28, 28))
+
+  def test_identity(self):
+    out = input_pipeline._affine_one(self.image, jnp.float32(0), jnp.zeros(2))
+    np.testing.assert_allclose(out, self.image, atol=1e-6)
+
+  def test_integer_shift_moves_pixels(self):
+    out = input_pipeline._affine_one(self.image, jnp.float32(0), jnp.asarray([1.0, -2.0]))
+    np.testing.assert_allclose(out[1:, :-2], self.image[:-1, 2:], atol=1e-6)
+    np.testing.assert_array_equal(out[0], 0.0)  # Filled border is black.
+
+  def test_quarter_turn_is_rot90(self):
+    out = input_pipeline._affine_one(self.image, jnp.float32(np.pi / 2), jnp.zeros(2))
+    # Sign convention aside, a 90° turn about the centre must be an exact pixel permutation.
+    self.assertTrue(
+      np.allclose(out, np.rot90(self.image), atol=1e-5)
+      or np.allclose(out, np.rot90(self.image, -1), atol=1e-5)
+    )
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_preprocess_shapes_and_normalisation(self):
+    images = jnp.full((4, 28, 28), 255, jnp.uint8)
+    out = self.variant(input_pipeline.preprocess)(images)
+    chex.assert_shape(out, (4, 28, 28, 1))
+    np.testing.assert_allclose(
+      out, (1 - input_pipeline.PIXEL_MEAN) / input_pipeline.PIXEL_STD, rtol=1e-6
+    )
+    aug = self.variant(
+      lambda x, r: input_pipeline.preprocess(x, r, max_degrees=10.0, max_shift=2.0)
+    )(images, jax.random.key(1))
+    chex.assert_shape(aug, (4, 28, 28, 1))
+    chex.assert_tree_all_finite(aug)
+    self.assertFalse(np.allclose(aug, out))  # Augmentation really changed the images.
+
+
+if __name__ == '__main__':
+  absltest.main()

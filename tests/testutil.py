@@ -1,0 +1,52 @@
+"""Shared helpers for the tests: where the real MNIST lies, small IDX folders, tiny configs."""
+
+import os
+
+import numpy as np
+
+import input_pipeline
+from configs import mnist
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The real MNIST IDX files: ../shared/mnist beside the checkout (CI lays it there too).
+MNIST_DIR = os.environ.get('S6JAX_MNIST_DIR', os.path.join(REPO_ROOT, '..', 'shared', 'mnist'))
+
+
+def real_mnist_available() -> bool:
+  return os.path.isfile(os.path.join(MNIST_DIR, 'train-images-idx3-ubyte.gz'))
+
+
+def write_idx_dir(folder: str, num_train: int, num_test: int, gz: bool = True) -> str:
+  """Writes a small IDX folder: the first examples of real MNIST, or random digits if absent."""
+  os.makedirs(folder, exist_ok=True)
+  if real_mnist_available():
+    data = input_pipeline.get_datasets(MNIST_DIR)
+    splits = {
+      'train': (data['train'].images[:num_train], data['train'].labels[:num_train]),
+      'test': (data['test'].images[:num_test], data['test'].labels[:num_test]),
+    }
+  else:
+    rng = np.random.default_rng(0)
+    splits = {
+      s: (rng.integers(0, 256, (n, 28, 28), np.uint8), rng.integers(0, 10, n, np.uint8))
+      for s, n in (('train', num_train), ('test', num_test))
+    }
+  suffix = '.gz' if gz else ''
+  for split, (images, labels) in splits.items():
+    images_stem, labels_stem = input_pipeline.IDX_FILES[split]
+    input_pipeline.write_idx(os.path.join(folder, images_stem + suffix), images)
+    input_pipeline.write_idx(os.path.join(folder, labels_stem + suffix), labels)
+  return folder
+
+
+def tiny_config(data_dir: str, **overrides):
+  """The default config shrunk for tests: batch 8, 1 epoch, 2 steps per call, no plots."""
+  config = mnist.get_config()
+  config.data_dir = data_dir
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.num_epochs = 1
+  config.steps_per_call = 2
+  config.plots = False
+  config.update(overrides)
+  return config
