@@ -35,10 +35,10 @@ from openpyxl.utils import get_column_letter
 
 from nets import toy
 
-CSV_NAME = "backprop.csv"
-XLSX_NAME = "backprop.xlsx"
-PNG_NAME = "loss_vs_epoch.png"
-CSV_COLUMNS = ("lr", "epoch", *toy.WEIGHT_NAMES, *toy.INTERMEDIATE_NAMES, *toy.GRADIENT_NAMES)
+CSV_NAME = 'backprop.csv'
+XLSX_NAME = 'backprop.xlsx'
+PNG_NAME = 'loss_vs_epoch.png'
+CSV_COLUMNS = ('lr', 'epoch', *toy.WEIGHT_NAMES, *toy.INTERMEDIATE_NAMES, *toy.GRADIENT_NAMES)
 
 # (rtol, atol) for jax.grad vs the hand gradients. Both sides evaluate the same products in a
 # different order, so they differ by a few roundings of eps·|term|. rtol bounds that for a
@@ -47,7 +47,7 @@ CSV_COLUMNS = ("lr", "epoch", *toy.WEIGHT_NAMES, *toy.INTERMEDIATE_NAMES, *toy.G
 #   float64: eps ≈ 1.1e-16; measured worst over 1e5 random cases: 6e-17 abs, 2e-13 rel.
 #   float32: eps ≈ 6e-8;    measured worst over 1e5 random cases: 4.5e-8 abs, 3e-5 rel (those
 #     only where cancellation leaves a small gradient, which atol covers).
-GRAD_TOLERANCES = {"float64": (1e-12, 1e-15), "float32": (1e-6, 1e-7)}
+GRAD_TOLERANCES = {'float64': (1e-12, 1e-15), 'float32': (1e-6, 1e-7)}
 
 # (rtol, atol) for --check_workbook. Spreadsheets compute in float64 and store 15-17 significant
 # digits, so a right cell agrees to ~1e-14; a wrong factor (a_h1(1−a_h1) for a_h2(1−a_h2) at the
@@ -72,10 +72,10 @@ class Trajectory:
 
   @property
   def epochs(self) -> int:
-    return len(self.columns["w1"])
+    return len(self.columns['w1'])
 
   def hand_gradients(self, epoch: int) -> dict[str, np.ndarray]:
-    return {w: self.columns[f"dE_d{w}"][epoch] for w in toy.WEIGHT_NAMES}
+    return {w: self.columns[f'dE_d{w}'][epoch] for w in toy.WEIGHT_NAMES}
 
   def autodiff_gradients(self, epoch: int) -> dict[str, np.ndarray]:
     return {w: self.autodiff[w][epoch] for w in toy.WEIGHT_NAMES}
@@ -84,8 +84,8 @@ class Trajectory:
 def precision_scope(precision: str):
   """Context in which arrays of `precision` ('float32' or 'float64') can be made."""
   if precision not in GRAD_TOLERANCES:
-    raise ValueError(f"precision must be one of {sorted(GRAD_TOLERANCES)}, got {precision!r}")
-  return jax.enable_x64(precision == "float64")
+    raise ValueError(f'precision must be one of {sorted(GRAD_TOLERANCES)}, got {precision!r}')
+  return jax.enable_x64(precision == 'float64')
 
 
 def _trajectory(params, inputs, targets, learning_rates, hand_grad_fn):
@@ -93,19 +93,19 @@ def _trajectory(params, inputs, targets, learning_rates, hand_grad_fn):
 
   def step(params, lr):
     row = {
-      "weights": params,
-      "intermediates": toy.forward(params, inputs, targets),
-      "hand": hand_grad_fn(params, inputs, targets),
-      "autodiff": toy.autodiff_gradients(params, inputs, targets),
+      'weights': params,
+      'intermediates': toy.forward(params, inputs, targets),
+      'hand': hand_grad_fn(params, inputs, targets),
+      'autodiff': toy.autodiff_gradients(params, inputs, targets),
     }
     # The hand gradients drive the update, as in the course; jax.grad is only the witness.
-    return toy.sgd_update(params, row["hand"], lr), row
+    return toy.sgd_update(params, row['hand'], lr), row
 
   _, rows = jax.lax.scan(step, params, learning_rates)
   return rows
 
 
-_trajectory_jit = jax.jit(_trajectory, static_argnames="hand_grad_fn")
+_trajectory_jit = jax.jit(_trajectory, static_argnames='hand_grad_fn')
 
 
 def run_learning_rate(
@@ -114,7 +114,7 @@ def run_learning_rate(
   weights: Sequence[float] = tuple(toy.COURSE_WEIGHTS.values()),
   inputs: Sequence[float] = toy.COURSE_INPUTS,
   targets: Sequence[float] = toy.COURSE_TARGETS,
-  precision: str = "float64",
+  precision: str = 'float64',
   hand_grad_fn: Callable = toy.hand_gradients,
   check: bool = True,
 ) -> Trajectory:
@@ -135,10 +135,10 @@ def run_learning_rate(
       hand_grad_fn=hand_grad_fn,
     )
     rows = jax.tree.map(np.asarray, rows)
-  columns = {**rows["weights"], **rows["intermediates"]}
-  columns.update({f"dE_d{w}": rows["hand"][w] for w in toy.WEIGHT_NAMES})
+  columns = {**rows['weights'], **rows['intermediates']}
+  columns.update({f'dE_d{w}': rows['hand'][w] for w in toy.WEIGHT_NAMES})
   lr = float(lrs[0]) if np.ndim(learning_rate) == 0 else learning_rate
-  trajectory = Trajectory(lr, precision, columns, rows["autodiff"])
+  trajectory = Trajectory(lr, precision, columns, rows['autodiff'])
   if check:
     check_gradients(trajectory)
   return trajectory
@@ -154,8 +154,8 @@ def check_gradients(trajectory: Trajectory) -> None:
       rtol=rtol,
       atol=atol,
       custom_message=(
-        "jax.grad (tree 0) and the hand gradients (tree 1) disagree at "
-        f"lr={trajectory.learning_rate}, epoch={epoch}, {trajectory.precision}"
+        'jax.grad (tree 0) and the hand gradients (tree 1) disagree at '
+        f'lr={trajectory.learning_rate}, epoch={epoch}, {trajectory.precision}'
       ),
     )
 
@@ -168,10 +168,10 @@ def run_sweep(learning_rates: Sequence[float], **kwargs) -> list[Trajectory]:
 def format_final_table(trajectories: Sequence[Trajectory]) -> str:
   """A short table: the final E_total per learning rate."""
   last = trajectories[0].epochs - 1
-  lines = [f"final E_total (epoch {last}, {trajectories[0].precision}):", f"{'lr':>6}  E_total"]
+  lines = [f'final E_total (epoch {last}, {trajectories[0].precision}):', f'{"lr":>6}  E_total']
   for t in trajectories:
-    lines.append(f"{t.learning_rate:>6g}  {float(t.columns['E_total'][-1])!r}")
-  return "\n".join(lines)
+    lines.append(f'{t.learning_rate:>6g}  {float(t.columns["E_total"][-1])!r}')
+  return '\n'.join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,11 +181,11 @@ def format_final_table(trajectories: Sequence[Trajectory]) -> str:
 def write_atomically(path: str, write: Callable[[str], None]) -> None:
   """Calls write(tmp) on a temp file beside `path`, then renames it over `path`."""
   directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
   os.close(fd)
   try:
     write(tmp)
-    with open(tmp, "rb") as f:
+    with open(tmp, 'rb') as f:
       os.fsync(f.fileno())
     os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are meant to be read by others.
     os.replace(tmp, path)
@@ -199,7 +199,7 @@ def write_csv(trajectories: Sequence[Trajectory], path: str) -> None:
   """backprop.csv: one row per (lr, epoch), every value at full precision (repr)."""
 
   def write(tmp):
-    with open(tmp, "w", newline="") as f:
+    with open(tmp, 'w', newline='') as f:
       writer = csv.writer(f)
       writer.writerow(CSV_COLUMNS)
       for t in trajectories:
@@ -212,57 +212,57 @@ def write_csv(trajectories: Sequence[Trajectory], path: str) -> None:
 
 # Layout of each workbook sheet, like the course's: inputs, targets and η at the top (label in
 # column A, value in column B), then one row per epoch.
-SHEET_INPUT_CELLS = {"i1": "$B$2", "i2": "$B$3", "t1": "$B$4", "t2": "$B$5", "lr": "$B$6"}
-SHEET_INPUT_LABELS = {"i1": "i1", "i2": "i2", "t1": "t1", "t2": "t2", "lr": "η"}
+SHEET_INPUT_CELLS = {'i1': '$B$2', 'i2': '$B$3', 't1': '$B$4', 't2': '$B$5', 'lr': '$B$6'}
+SHEET_INPUT_LABELS = {'i1': 'i1', 'i2': 'i2', 't1': 't1', 't2': 't2', 'lr': 'η'}
 SHEET_HEADER_ROW = 8
 SHEET_FIRST_ROW = SHEET_HEADER_ROW + 1
-SHEET_COLUMNS = ("epoch", *CSV_COLUMNS[2:])
+SHEET_COLUMNS = ('epoch', *CSV_COLUMNS[2:])
 SHEET_HEADERS = {
   **{c: c for c in SHEET_COLUMNS},
-  **{f"dE_d{w}": f"∂E/∂{w}" for w in toy.WEIGHT_NAMES},
+  **{f'dE_d{w}': f'∂E/∂{w}' for w in toy.WEIGHT_NAMES},
 }
 SHEET_LETTERS = {c: get_column_letter(i + 1) for i, c in enumerate(SHEET_COLUMNS)}
 
 # The course's formulas (see nets/toy.py) as spreadsheet formulas over the names of a row.
 SHEET_FORMULAS = {
-  "h1": "{w1}*{i1}+{w2}*{i2}",
-  "a_h1": "1/(1+EXP(-{h1}))",
-  "h2": "{w3}*{i1}+{w4}*{i2}",
-  "a_h2": "1/(1+EXP(-{h2}))",
-  "o1": "{w5}*{a_h1}+{w6}*{a_h2}",
-  "a_o1": "1/(1+EXP(-{o1}))",
-  "o2": "{w7}*{a_h1}+{w8}*{a_h2}",
-  "a_o2": "1/(1+EXP(-{o2}))",
-  "E1": "0.5*({t1}-{a_o1})^2",
-  "E2": "0.5*({t2}-{a_o2})^2",
-  "E_total": "{E1}+{E2}",
-  "dE_dw1": "(({a_o1}-{t1})*{a_o1}*(1-{a_o1})*{w5}+({a_o2}-{t2})*{a_o2}*(1-{a_o2})*{w7})"
-  "*{a_h1}*(1-{a_h1})*{i1}",
-  "dE_dw2": "(({a_o1}-{t1})*{a_o1}*(1-{a_o1})*{w5}+({a_o2}-{t2})*{a_o2}*(1-{a_o2})*{w7})"
-  "*{a_h1}*(1-{a_h1})*{i2}",
-  "dE_dw3": "(({a_o1}-{t1})*{a_o1}*(1-{a_o1})*{w6}+({a_o2}-{t2})*{a_o2}*(1-{a_o2})*{w8})"
-  "*{a_h2}*(1-{a_h2})*{i1}",
-  "dE_dw4": "(({a_o1}-{t1})*{a_o1}*(1-{a_o1})*{w6}+({a_o2}-{t2})*{a_o2}*(1-{a_o2})*{w8})"
-  "*{a_h2}*(1-{a_h2})*{i2}",
-  "dE_dw5": "({a_o1}-{t1})*{a_o1}*(1-{a_o1})*{a_h1}",
-  "dE_dw6": "({a_o1}-{t1})*{a_o1}*(1-{a_o1})*{a_h2}",
-  "dE_dw7": "({a_o2}-{t2})*{a_o2}*(1-{a_o2})*{a_h1}",
-  "dE_dw8": "({a_o2}-{t2})*{a_o2}*(1-{a_o2})*{a_h2}",
+  'h1': '{w1}*{i1}+{w2}*{i2}',
+  'a_h1': '1/(1+EXP(-{h1}))',
+  'h2': '{w3}*{i1}+{w4}*{i2}',
+  'a_h2': '1/(1+EXP(-{h2}))',
+  'o1': '{w5}*{a_h1}+{w6}*{a_h2}',
+  'a_o1': '1/(1+EXP(-{o1}))',
+  'o2': '{w7}*{a_h1}+{w8}*{a_h2}',
+  'a_o2': '1/(1+EXP(-{o2}))',
+  'E1': '0.5*({t1}-{a_o1})^2',
+  'E2': '0.5*({t2}-{a_o2})^2',
+  'E_total': '{E1}+{E2}',
+  'dE_dw1': '(({a_o1}-{t1})*{a_o1}*(1-{a_o1})*{w5}+({a_o2}-{t2})*{a_o2}*(1-{a_o2})*{w7})'
+  '*{a_h1}*(1-{a_h1})*{i1}',
+  'dE_dw2': '(({a_o1}-{t1})*{a_o1}*(1-{a_o1})*{w5}+({a_o2}-{t2})*{a_o2}*(1-{a_o2})*{w7})'
+  '*{a_h1}*(1-{a_h1})*{i2}',
+  'dE_dw3': '(({a_o1}-{t1})*{a_o1}*(1-{a_o1})*{w6}+({a_o2}-{t2})*{a_o2}*(1-{a_o2})*{w8})'
+  '*{a_h2}*(1-{a_h2})*{i1}',
+  'dE_dw4': '(({a_o1}-{t1})*{a_o1}*(1-{a_o1})*{w6}+({a_o2}-{t2})*{a_o2}*(1-{a_o2})*{w8})'
+  '*{a_h2}*(1-{a_h2})*{i2}',
+  'dE_dw5': '({a_o1}-{t1})*{a_o1}*(1-{a_o1})*{a_h1}',
+  'dE_dw6': '({a_o1}-{t1})*{a_o1}*(1-{a_o1})*{a_h2}',
+  'dE_dw7': '({a_o2}-{t2})*{a_o2}*(1-{a_o2})*{a_h1}',
+  'dE_dw8': '({a_o2}-{t2})*{a_o2}*(1-{a_o2})*{a_h2}',
 }
 
 
 def sheet_name(learning_rate: float) -> str:
-  return f"lr={learning_rate:g}"
+  return f'lr={learning_rate:g}'
 
 
 def sheet_row_formulas(row: int) -> dict[str, str]:
   """The formulas of sheet row `row` (not the first data row): weights from the row above."""
-  refs = {c: f"{SHEET_LETTERS[c]}{row}" for c in SHEET_COLUMNS} | SHEET_INPUT_CELLS
-  formulas = {c: "=" + f.format(**refs) for c, f in SHEET_FORMULAS.items()}
+  refs = {c: f'{SHEET_LETTERS[c]}{row}' for c in SHEET_COLUMNS} | SHEET_INPUT_CELLS
+  formulas = {c: '=' + f.format(**refs) for c, f in SHEET_FORMULAS.items()}
   for w in toy.WEIGHT_NAMES:
-    prev_w, prev_g = f"{SHEET_LETTERS[w]}{row - 1}", f"{SHEET_LETTERS['dE_d' + w]}{row - 1}"
-    formulas[w] = f"={prev_w}-{SHEET_INPUT_CELLS['lr']}*{prev_g}"
-  formulas["epoch"] = f"={SHEET_LETTERS['epoch']}{row - 1}+1"
+    prev_w, prev_g = f'{SHEET_LETTERS[w]}{row - 1}', f'{SHEET_LETTERS["dE_d" + w]}{row - 1}'
+    formulas[w] = f'={prev_w}-{SHEET_INPUT_CELLS["lr"]}*{prev_g}'
+  formulas['epoch'] = f'={SHEET_LETTERS["epoch"]}{row - 1}+1'
   return formulas
 
 
@@ -279,38 +279,38 @@ def build_workbook(
   bold = Font(bold=True)
   for lr in learning_rates:
     ws = wb.create_sheet(sheet_name(lr))
-    ws["A1"] = "Backpropagation, 2-2-2 sigmoid network: edit η or the epoch-0 weights to recompute"
-    ws["A1"].font = bold
-    values = dict(zip(("i1", "i2"), inputs, strict=True))
-    values |= dict(zip(("t1", "t2"), targets, strict=True)) | {"lr": lr}
+    ws['A1'] = 'Backpropagation, 2-2-2 sigmoid network: edit η or the epoch-0 weights to recompute'
+    ws['A1'].font = bold
+    values = dict(zip(('i1', 'i2'), inputs, strict=True))
+    values |= dict(zip(('t1', 't2'), targets, strict=True)) | {'lr': lr}
     for name, cell in SHEET_INPUT_CELLS.items():
-      label_cell = "A" + cell.rsplit("$", 1)[1]
+      label_cell = 'A' + cell.rsplit('$', 1)[1]
       ws[label_cell] = SHEET_INPUT_LABELS[name]
       ws[label_cell].font = bold
-      ws[cell.replace("$", "")] = float(values[name])
-    ws["C6"] = "learning rate"
+      ws[cell.replace('$', '')] = float(values[name])
+    ws['C6'] = 'learning rate'
     for c in SHEET_COLUMNS:
-      cell = ws[f"{SHEET_LETTERS[c]}{SHEET_HEADER_ROW}"]
+      cell = ws[f'{SHEET_LETTERS[c]}{SHEET_HEADER_ROW}']
       cell.value, cell.font = SHEET_HEADERS[c], bold
     first = SHEET_FIRST_ROW
-    ws[f"{SHEET_LETTERS['epoch']}{first}"] = 0
+    ws[f'{SHEET_LETTERS["epoch"]}{first}'] = 0
     for w, v in zip(toy.WEIGHT_NAMES, weights, strict=True):
-      ws[f"{SHEET_LETTERS[w]}{first}"] = float(v)
+      ws[f'{SHEET_LETTERS[w]}{first}'] = float(v)
     for row in range(first, first + epochs):
       for c, formula in sheet_row_formulas(row).items():
-        if row > first or c not in toy.WEIGHT_NAMES and c != "epoch":
-          ws[f"{SHEET_LETTERS[c]}{row}"] = formula
-    ws.freeze_panes = f"B{first}"
+        if row > first or c not in toy.WEIGHT_NAMES and c != 'epoch':
+          ws[f'{SHEET_LETTERS[c]}{row}'] = formula
+    ws.freeze_panes = f'B{first}'
     chart = LineChart()
-    chart.title = f"E_total, η = {lr:g}"
-    chart.x_axis.title, chart.y_axis.title = "epoch", "E_total"
-    col = SHEET_COLUMNS.index("E_total") + 1
+    chart.title = f'E_total, η = {lr:g}'
+    chart.x_axis.title, chart.y_axis.title = 'epoch', 'E_total'
+    col = SHEET_COLUMNS.index('E_total') + 1
     last = first + epochs - 1
     chart.add_data(
       Reference(ws, min_col=col, min_row=SHEET_HEADER_ROW, max_row=last), titles_from_data=True
     )
     chart.set_categories(Reference(ws, min_col=1, min_row=first, max_row=last))
-    ws.add_chart(chart, f"{get_column_letter(len(SHEET_COLUMNS) + 2)}2")
+    ws.add_chart(chart, f'{get_column_letter(len(SHEET_COLUMNS) + 2)}2')
   return wb
 
 
@@ -320,8 +320,8 @@ def plot_loss(trajectories: Sequence[Trajectory]) -> Figure:
   FigureCanvasAgg(fig)  # Agg, without touching pyplot's global backend.
   ax = fig.add_subplot()
   for t in trajectories:
-    ax.plot(np.arange(t.epochs), t.columns["E_total"], label=f"η = {t.learning_rate:g}")
-  ax.set(xlabel="epoch", ylabel="E_total", title="2-2-2 sigmoid net: E_total per learning rate")
+    ax.plot(np.arange(t.epochs), t.columns['E_total'], label=f'η = {t.learning_rate:g}')
+  ax.set(xlabel='epoch', ylabel='E_total', title='2-2-2 sigmoid net: E_total per learning rate')
   ax.legend()
   ax.grid(alpha=0.3)
   fig.tight_layout()
@@ -343,7 +343,7 @@ def write_outputs(
   )
   write_atomically(paths[XLSX_NAME], wb.save)
   fig = plot_loss(trajectories)
-  write_atomically(paths[PNG_NAME], lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+  write_atomically(paths[PNG_NAME], lambda tmp: fig.savefig(tmp, format='png', dpi=120))
   return paths
 
 
@@ -363,7 +363,7 @@ _LIBREOFFICE_RECALC_ALWAYS = """<?xml version="1.0" encoding="UTF-8"?>
 
 def find_soffice() -> str | None:
   """Path of LibreOffice's `soffice` (or `libreoffice`), or None."""
-  return shutil.which("soffice") or shutil.which("libreoffice")
+  return shutil.which('soffice') or shutil.which('libreoffice')
 
 
 def recalculate_with_libreoffice(
@@ -376,22 +376,22 @@ def recalculate_with_libreoffice(
   """
   soffice = find_soffice()
   if soffice is None:
-    raise FileNotFoundError("LibreOffice (soffice) not found: apt-get install libreoffice-calc")
+    raise FileNotFoundError('LibreOffice (soffice) not found: apt-get install libreoffice-calc')
   for p in paths:
     if os.path.dirname(os.path.abspath(p)) == os.path.abspath(out_dir):
-      raise ValueError(f"out_dir must differ from the directory of {p}: it would be overwritten")
-  with tempfile.TemporaryDirectory(prefix="lo_profile_") as profile:
-    os.makedirs(os.path.join(profile, "user"))
-    with open(os.path.join(profile, "user", "registrymodifications.xcu"), "w") as f:
+      raise ValueError(f'out_dir must differ from the directory of {p}: it would be overwritten')
+  with tempfile.TemporaryDirectory(prefix='lo_profile_') as profile:
+    os.makedirs(os.path.join(profile, 'user'))
+    with open(os.path.join(profile, 'user', 'registrymodifications.xcu'), 'w') as f:
       f.write(_LIBREOFFICE_RECALC_ALWAYS)
     cmd = [
       soffice,
-      f"-env:UserInstallation={pathlib.Path(profile).as_uri()}",
-      "--headless",
-      "--norestore",
-      "--convert-to",
-      "xlsx",
-      "--outdir",
+      f'-env:UserInstallation={pathlib.Path(profile).as_uri()}',
+      '--headless',
+      '--norestore',
+      '--convert-to',
+      'xlsx',
+      '--outdir',
       out_dir,
       *paths,
     ]
@@ -400,7 +400,7 @@ def recalculate_with_libreoffice(
   missing = [p for p in outputs if not os.path.exists(p)]
   if proc.returncode != 0 or missing:
     raise RuntimeError(
-      f"LibreOffice failed (exit {proc.returncode}), missing {missing}:\n{proc.stdout}{proc.stderr}"
+      f'LibreOffice failed (exit {proc.returncode}), missing {missing}:\n{proc.stdout}{proc.stderr}'
     )
   return outputs
 
@@ -411,31 +411,31 @@ def recalculate_with_libreoffice(
 
 def normalize_header(text) -> str:
   """'∂E_total/∂w1' -> 'detotaldw1': lower case, ∂ read as d, symbols and spaces dropped."""
-  return "".join(ch for ch in str(text).lower().replace("∂", "d") if ch.isalnum())
+  return ''.join(ch for ch in str(text).lower().replace('∂', 'd') if ch.isalnum())
 
 
 _ALIASES = {
   **{w: w for w in toy.WEIGHT_NAMES},
-  **{n.lower().replace("_", ""): n for n in toy.INTERMEDIATE_NAMES},
-  "neth1": "h1",
-  "neth2": "h2",
-  "outh1": "a_h1",
-  "outh2": "a_h2",
-  "neto1": "o1",
-  "neto2": "o2",
-  "outo1": "a_o1",
-  "outo2": "a_o2",
-  "etot": "E_total",
-  "i1": "i1",
-  "i2": "i2",
-  "t1": "t1",
-  "t2": "t2",
-  "lr": "lr",
-  "η": "lr",
-  "eta": "lr",
-  "learningrate": "lr",
+  **{n.lower().replace('_', ''): n for n in toy.INTERMEDIATE_NAMES},
+  'neth1': 'h1',
+  'neth2': 'h2',
+  'outh1': 'a_h1',
+  'outh2': 'a_h2',
+  'neto1': 'o1',
+  'neto2': 'o2',
+  'outo1': 'a_o1',
+  'outo2': 'a_o2',
+  'etot': 'E_total',
+  'i1': 'i1',
+  'i2': 'i2',
+  't1': 't1',
+  't2': 't2',
+  'lr': 'lr',
+  'η': 'lr',
+  'eta': 'lr',
+  'learningrate': 'lr',
 }
-_GRADIENT_HEADER = re.compile(r"^d?e(?:total|tot)?dw([1-8])$")
+_GRADIENT_HEADER = re.compile(r'^d?e(?:total|tot)?dw([1-8])$')
 
 
 def canonical_name(header) -> str | None:
@@ -443,22 +443,22 @@ def canonical_name(header) -> str | None:
   key = normalize_header(header)
   match = _GRADIENT_HEADER.match(key)
   if match:
-    return f"dE_dw{match.group(1)}"
+    return f'dE_dw{match.group(1)}'
   return _ALIASES.get(key)
 
 
 HEADERS_LOOKED_FOR = (
-  "w1..w8, h1, a_h1 (or out_h1), h2, a_h2, o1, a_o1, o2, a_o2, E1, E2, E_total, "
-  "∂E/∂w1..∂E/∂w8 (or dE/dw1, ∂E_total/∂w1, dE_dw1), and i1, i2, t1, t2, η (or lr, eta, "
-  "learning rate) as columns or as labels with the value to their right; matched ignoring "
-  "case, spaces and symbols"
+  'w1..w8, h1, a_h1 (or out_h1), h2, a_h2, o1, a_o1, o2, a_o2, E1, E2, E_total, '
+  '∂E/∂w1..∂E/∂w8 (or dE/dw1, ∂E_total/∂w1, dE_dw1), and i1, i2, t1, t2, η (or lr, eta, '
+  'learning rate) as columns or as labels with the value to their right; matched ignoring '
+  'case, spaces and symbols'
 )
 _CHECKED_COLUMNS = (*toy.WEIGHT_NAMES, *toy.INTERMEDIATE_NAMES, *toy.GRADIENT_NAMES)
 
 
 NO_CACHED_VALUES = (
-  "its formulas have no cached values (the file was written by a program, not saved by a "
-  "spreadsheet app): open and save it in Excel or LibreOffice first"
+  'its formulas have no cached values (the file was written by a program, not saved by a '
+  'spreadsheet app): open and save it in Excel or LibreOffice first'
 )
 
 
@@ -515,7 +515,7 @@ def _check_sheet(ws, ws_formulas, rtol: float, atol: float) -> SheetReport:
       break
   if header_row is None:
     return SheetReport(
-      ws.title, problem=f"no recognisable headers. Looked for {HEADERS_LOOKED_FOR}"
+      ws.title, problem=f'no recognisable headers. Looked for {HEADERS_LOOKED_FOR}'
     )
 
   # A file written by a program (openpyxl, like our own backprop.xlsx) holds formulas with no
@@ -525,7 +525,7 @@ def _check_sheet(ws, ws_formulas, rtol: float, atol: float) -> SheetReport:
       formula = ws_formulas.cell(r, cell.column).value
       if (
         isinstance(formula, str)
-        and formula.startswith("=")
+        and formula.startswith('=')
         and ws.cell(r, cell.column).value is None
       ):
         return SheetReport(ws.title, problem=NO_CACHED_VALUES)
@@ -537,32 +537,32 @@ def _check_sheet(ws, ws_formulas, rtol: float, atol: float) -> SheetReport:
     rows.append(r)
     r += 1
   if not rows:
-    return SheetReport(ws.title, problem=f"no numeric rows below the header row {header_row}")
+    return SheetReport(ws.title, problem=f'no numeric rows below the header row {header_row}')
 
   def column_values(name):
     return [ws.cell(r, columns[name].column).value for r in rows]
 
   per_row = {}
-  for name in ("i1", "i2", "t1", "t2", "lr"):
+  for name in ('i1', 'i2', 't1', 't2', 'lr'):
     if name in columns:
       per_row[name] = column_values(name)
     else:
       value = _find_label_value(ws, name, header_row)
       per_row[name] = None if value is None else [value] * len(rows)
-  missing = [n for n in ("i1", "i2", "t1", "t2") if per_row[n] is None]
+  missing = [n for n in ('i1', 'i2', 't1', 't2') if per_row[n] is None]
   if missing:
     return SheetReport(
-      ws.title, problem=f"cannot find {', '.join(missing)}. Looked for {HEADERS_LOOKED_FOR}"
+      ws.title, problem=f'cannot find {", ".join(missing)}. Looked for {HEADERS_LOOKED_FOR}'
     )
 
   with jax.enable_x64(True):
     params = {w: jnp.asarray(column_values(w), jnp.float64) for w in toy.WEIGHT_NAMES}
-    inputs = jnp.asarray(np.stack([per_row["i1"], per_row["i2"]], axis=1), jnp.float64)
-    targets = jnp.asarray(np.stack([per_row["t1"], per_row["t2"]], axis=1), jnp.float64)
+    inputs = jnp.asarray(np.stack([per_row['i1'], per_row['i2']], axis=1), jnp.float64)
+    targets = jnp.asarray(np.stack([per_row['t1'], per_row['t2']], axis=1), jnp.float64)
     inter = jax.vmap(toy.forward)(params, inputs, targets)
     grads = jax.vmap(toy.autodiff_gradients)(params, inputs, targets)
     expected = {k: np.asarray(v) for k, v in inter.items()}
-    expected |= {f"dE_d{w}": np.asarray(g) for w, g in grads.items()}
+    expected |= {f'dE_d{w}': np.asarray(g) for w, g in grads.items()}
 
   def found_array(name):
     return np.array([v if _is_number(v) else np.nan for v in column_values(name)], np.float64)
@@ -570,17 +570,17 @@ def _check_sheet(ws, ws_formulas, rtol: float, atol: float) -> SheetReport:
   notes = []
   # Each row's weights come from the row above: w = w_prev − η·∂E/∂w_prev, with the gradient as
   # found in the sheet (so a wrong gradient column is reported once, not again in the weights).
-  if per_row["lr"] is None:
-    notes.append("no η (learning rate) found: the weight updates were not checked")
+  if per_row['lr'] is None:
+    notes.append('no η (learning rate) found: the weight updates were not checked')
   else:
-    lr = np.asarray(per_row["lr"], np.float64)
+    lr = np.asarray(per_row['lr'], np.float64)
     for w in toy.WEIGHT_NAMES:
-      g = found_array(f"dE_d{w}") if f"dE_d{w}" in columns else expected[f"dE_d{w}"]
+      g = found_array(f'dE_d{w}') if f'dE_d{w}' in columns else expected[f'dE_d{w}']
       w_found = found_array(w)
       expected[w] = np.concatenate([w_found[:1], w_found[:-1] - lr[:-1] * g[:-1]])
   not_found = [c for c in _CHECKED_COLUMNS[8:] if c not in columns]
   if not_found:
-    notes.append(f"columns not in the sheet, so not checked: {', '.join(not_found)}")
+    notes.append(f'columns not in the sheet, so not checked: {", ".join(not_found)}')
 
   mismatches = []
   for name in _CHECKED_COLUMNS:
@@ -595,11 +595,11 @@ def _check_sheet(ws, ws_formulas, rtol: float, atol: float) -> SheetReport:
         ColumnMismatch(
           column=name,
           header=str(columns[name].value),
-          cell=f"{columns[name].column_letter}{rows[i]}",
+          cell=f'{columns[name].column_letter}{rows[i]}',
           epoch=i,
           found=column_values(name)[i],
           expected=float(expected[name][i]),
-          formula=f"{columns[name].value} = {formula}",
+          formula=f'{columns[name].value} = {formula}',
           bad_rows=int(bad.sum()),
         )
       )
@@ -615,32 +615,32 @@ def check_workbook(
   return [
     _check_sheet(ws, wb_formulas[ws.title], rtol, atol)
     for ws in wb_values.worksheets
-    if ws.max_row > 1 or ws["A1"].value is not None
+    if ws.max_row > 1 or ws['A1'].value is not None
   ]
 
 
 def format_report(path: str, reports: Sequence[SheetReport]) -> str:
   """Human-readable text of `check_workbook`'s reports."""
-  lines = [f"{path}:"]
+  lines = [f'{path}:']
   for rep in reports:
     if rep.problem:
-      lines.append(f"  sheet {rep.sheet!r}: cannot check: {rep.problem}")
+      lines.append(f'  sheet {rep.sheet!r}: cannot check: {rep.problem}')
       continue
     if not rep.mismatches:
-      lines.append(f"  sheet {rep.sheet!r}: all {rep.rows} rows agree")
+      lines.append(f'  sheet {rep.sheet!r}: all {rep.rows} rows agree')
     else:
       lines.append(
-        f"  sheet {rep.sheet!r}: {len(rep.mismatches)} column(s) disagree (of {rep.rows} rows); "
-        "listed in the order they are computed, so fix the first one first: later ones may only "
-        "inherit its error"
+        f'  sheet {rep.sheet!r}: {len(rep.mismatches)} column(s) disagree (of {rep.rows} rows); '
+        'listed in the order they are computed, so fix the first one first: later ones may only '
+        'inherit its error'
       )
       for m in rep.mismatches:
         lines.append(
-          f"    {m.header}: first wrong at {m.cell} (row {m.epoch} of the table), found {m.found!r}"
-          f", expected {m.expected!r}; expected formula: {m.formula} ({m.bad_rows} rows wrong)"
+          f'    {m.header}: first wrong at {m.cell} (row {m.epoch} of the table), found {m.found!r}'
+          f', expected {m.expected!r}; expected formula: {m.formula} ({m.bad_rows} rows wrong)'
         )
-    lines.extend(f"    note: {n}" for n in rep.notes)
-  return "\n".join(lines)
+    lines.extend(f'    note: {n}' for n in rep.notes)
+  return '\n'.join(lines)
 
 
 def workbook_agrees(reports: Sequence[SheetReport]) -> bool:
@@ -660,18 +660,18 @@ def _numbers_validator(count: int | None = None, positive: bool = False):
       try:
         x = float(v)
       except ValueError:
-        raise flags.ValidationError(f"{v!r} is not a number") from None
+        raise flags.ValidationError(f'{v!r} is not a number') from None
       if not math.isfinite(x):
-        raise flags.ValidationError(f"{v!r} is not a finite number")
+        raise flags.ValidationError(f'{v!r} is not a finite number')
       if positive and x <= 0:
-        raise flags.ValidationError(f"{v} is not > 0: a learning rate must be positive")
+        raise flags.ValidationError(f'{v} is not > 0: a learning rate must be positive')
       numbers.append(x)
     if count is not None and len(numbers) != count:
       raise flags.ValidationError(
-        f"needs exactly {count} comma-separated numbers, got {len(numbers)}"
+        f'needs exactly {count} comma-separated numbers, got {len(numbers)}'
       )
     if not numbers:
-      raise flags.ValidationError("needs at least one number")
+      raise flags.ValidationError('needs at least one number')
     return True
 
   return validate
@@ -681,46 +681,46 @@ def _define_flags():
   """Defines the flags; called only when run as a script, so that importing this module (tests,
   notebooks, train.py in the same process) never collides with other modules' flags."""
   flags.DEFINE_integer(
-    "epochs", toy.COURSE_EPOCHS, "Rows per learning rate (epoch 0 = starting weights).", 1
+    'epochs', toy.COURSE_EPOCHS, 'Rows per learning rate (epoch 0 = starting weights).', 1
   )
   flags.DEFINE_list(
-    "learning_rates", [f"{x:g}" for x in toy.COURSE_LEARNING_RATES], "Learning rates η (> 0)."
+    'learning_rates', [f'{x:g}' for x in toy.COURSE_LEARNING_RATES], 'Learning rates η (> 0).'
   )
-  flags.DEFINE_list("inputs", [f"{x:g}" for x in toy.COURSE_INPUTS], "i1,i2.")
-  flags.DEFINE_list("targets", [f"{x:g}" for x in toy.COURSE_TARGETS], "t1,t2.")
+  flags.DEFINE_list('inputs', [f'{x:g}' for x in toy.COURSE_INPUTS], 'i1,i2.')
+  flags.DEFINE_list('targets', [f'{x:g}' for x in toy.COURSE_TARGETS], 't1,t2.')
   flags.DEFINE_list(
-    "weights", [f"{x:g}" for x in toy.COURSE_WEIGHTS.values()], "Starting w1,...,w8."
+    'weights', [f'{x:g}' for x in toy.COURSE_WEIGHTS.values()], 'Starting w1,...,w8.'
   )
   flags.DEFINE_enum(
-    "precision", "float64", ["float32", "float64"], "JAX precision of the run and the check."
+    'precision', 'float64', ['float32', 'float64'], 'JAX precision of the run and the check.'
   )
-  flags.DEFINE_string("out_dir", "backprop_out", "Where to write the CSV, workbook and plot.")
+  flags.DEFINE_string('out_dir', 'backprop_out', 'Where to write the CSV, workbook and plot.')
   flags.DEFINE_string(
-    "check_workbook", None, "Check this .xlsx (made by hand) instead of running the sweep."
+    'check_workbook', None, 'Check this .xlsx (made by hand) instead of running the sweep.'
   )
-  flags.register_validator("learning_rates", _numbers_validator(positive=True), "bad learning rate")
-  flags.register_validator("inputs", _numbers_validator(2), "bad inputs")
-  flags.register_validator("targets", _numbers_validator(2), "bad targets")
-  flags.register_validator("weights", _numbers_validator(8), "bad weights")
+  flags.register_validator('learning_rates', _numbers_validator(positive=True), 'bad learning rate')
+  flags.register_validator('inputs', _numbers_validator(2), 'bad inputs')
+  flags.register_validator('targets', _numbers_validator(2), 'bad targets')
+  flags.register_validator('weights', _numbers_validator(8), 'bad weights')
   flags.register_validator(
-    "check_workbook",
+    'check_workbook',
     lambda p: p is None or os.path.isfile(p),
-    "--check_workbook must name an existing .xlsx file",
+    '--check_workbook must name an existing .xlsx file',
   )
 
 
 def _error(message: str) -> SystemExit:
   """One line on stderr and exit status 1, instead of a traceback."""
-  return SystemExit(f"backprop_check.py: error: {message}")
+  return SystemExit(f'backprop_check.py: error: {message}')
 
 
 def _main_check_workbook(path: str) -> int:
   try:
     reports = check_workbook(path)
   except Exception as e:  # openpyxl raises several types for files it cannot read.
-    raise _error(f"cannot read {path} as an .xlsx workbook: {e}") from None
+    raise _error(f'cannot read {path} as an .xlsx workbook: {e}') from None
   if any(r.problem == NO_CACHED_VALUES for r in reports) and find_soffice():
-    print(f"{path} has no cached values; recomputing it with LibreOffice first.")
+    print(f'{path} has no cached values; recomputing it with LibreOffice first.')
     with tempfile.TemporaryDirectory() as tmp:
       (recomputed,) = recalculate_with_libreoffice([path], tmp)
       reports = check_workbook(recomputed)
@@ -730,7 +730,7 @@ def _main_check_workbook(path: str) -> int:
 
 def main(argv):
   if len(argv) > 1:
-    raise _error(f"unexpected arguments: {' '.join(argv[1:])}")
+    raise _error(f'unexpected arguments: {" ".join(argv[1:])}')
   if FLAGS.check_workbook:
     return _main_check_workbook(FLAGS.check_workbook)
 
@@ -739,7 +739,7 @@ def main(argv):
     os.makedirs(out_dir, exist_ok=True)
     tempfile.TemporaryFile(dir=out_dir).close()
   except OSError as e:
-    raise _error(f"--out_dir={out_dir} is not a writable directory: {e.strerror}") from None
+    raise _error(f'--out_dir={out_dir} is not a writable directory: {e.strerror}') from None
 
   setup = dict(
     epochs=FLAGS.epochs,
@@ -751,16 +751,16 @@ def main(argv):
   trajectories = run_sweep(learning_rates, precision=FLAGS.precision, **setup)
   rtol, atol = GRAD_TOLERANCES[FLAGS.precision]
   print(
-    f"jax.grad == hand gradients at all {len(learning_rates)}×{FLAGS.epochs} rows "
-    f"({FLAGS.precision}, rtol={rtol:g}, atol={atol:g})"
+    f'jax.grad == hand gradients at all {len(learning_rates)}×{FLAGS.epochs} rows '
+    f'({FLAGS.precision}, rtol={rtol:g}, atol={atol:g})'
   )
   print(format_final_table(trajectories))
-  del setup["epochs"]
+  del setup['epochs']
   paths = write_outputs(trajectories, out_dir, **setup)
-  print("wrote", ", ".join(paths.values()))
+  print('wrote', ', '.join(paths.values()))
   return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   _define_flags()
   app.run(main)

@@ -23,17 +23,17 @@ def init_layers(
   layers = []
   for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
     key, w_key, b_key = jax.random.split(key, 3)
-    layer = {"w": jax.random.normal(w_key, (fan_in, fan_out), dtype) / jnp.sqrt(fan_in)}
+    layer = {'w': jax.random.normal(w_key, (fan_in, fan_out), dtype) / jnp.sqrt(fan_in)}
     if use_bias:
-      layer["b"] = 0.1 * jax.random.normal(b_key, (fan_out,), dtype)
+      layer['b'] = 0.1 * jax.random.normal(b_key, (fan_out,), dtype)
     layers.append(layer)
   return layers
 
 
 def _pre_activation(layer: dict[str, jax.Array], a: jax.Array) -> jax.Array:
-  z = a @ layer["w"]
-  if "b" in layer:
-    z = z + layer["b"][None, :]  # Explicit broadcast: tests run with rank promotion 'raise'.
+  z = a @ layer['w']
+  if 'b' in layer:
+    z = z + layer['b'][None, :]  # Explicit broadcast: tests run with rank promotion 'raise'.
   return z
 
 
@@ -70,11 +70,11 @@ def hand_gradients(layers: Layers, x: jax.Array, t: jax.Array) -> list[dict[str,
   grads = [None] * len(layers)
   for l in reversed(range(len(layers))):
     a_prev = activations[l]
-    grads[l] = {"w": a_prev.T @ delta}
-    if "b" in layers[l]:
-      grads[l]["b"] = jnp.sum(delta, axis=0)
+    grads[l] = {'w': a_prev.T @ delta}
+    if 'b' in layers[l]:
+      grads[l]['b'] = jnp.sum(delta, axis=0)
     if l > 0:
-      delta = (delta @ layers[l]["w"].T) * a_prev * (1 - a_prev)
+      delta = (delta @ layers[l]['w'].T) * a_prev * (1 - a_prev)
   return grads
 
 

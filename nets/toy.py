@@ -17,21 +17,21 @@ import jax.numpy as jnp
 
 Params = Mapping[str, jax.Array]
 
-WEIGHT_NAMES = ("w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8")
+WEIGHT_NAMES = ('w1', 'w2', 'w3', 'w4', 'w5', 'w6', 'w7', 'w8')
 INTERMEDIATE_NAMES = (
-  "h1",
-  "a_h1",
-  "h2",
-  "a_h2",
-  "o1",
-  "a_o1",
-  "o2",
-  "a_o2",
-  "E1",
-  "E2",
-  "E_total",
+  'h1',
+  'a_h1',
+  'h2',
+  'a_h2',
+  'o1',
+  'a_o1',
+  'o2',
+  'a_o2',
+  'E1',
+  'E2',
+  'E_total',
 )
-GRADIENT_NAMES = tuple(f"dE_d{w}" for w in WEIGHT_NAMES)
+GRADIENT_NAMES = tuple(f'dE_d{w}' for w in WEIGHT_NAMES)
 
 # The course's starting values.
 COURSE_INPUTS = (0.05, 0.1)  # i1, i2
@@ -44,27 +44,27 @@ COURSE_EPOCHS = 68  # Rows per learning rate: epoch 0 (starting weights), then 6
 # Each quantity as the course writes it, in terms of the quantities before it. The spreadsheet
 # writer turns these into cell formulas and `--check_workbook` quotes them when a column is wrong.
 FORMULAS = {
-  "h1": "w1·i1 + w2·i2",
-  "a_h1": "σ(h1) = 1/(1 + exp(−h1))",
-  "h2": "w3·i1 + w4·i2",
-  "a_h2": "σ(h2) = 1/(1 + exp(−h2))",
-  "o1": "w5·a_h1 + w6·a_h2",
-  "a_o1": "σ(o1) = 1/(1 + exp(−o1))",
-  "o2": "w7·a_h1 + w8·a_h2",
-  "a_o2": "σ(o2) = 1/(1 + exp(−o2))",
-  "E1": "½·(t1 − a_o1)²",
-  "E2": "½·(t2 − a_o2)²",
-  "E_total": "E1 + E2",
-  "dE_dw1": "[(a_o1 − t1)·a_o1·(1 − a_o1)·w5 + (a_o2 − t2)·a_o2·(1 − a_o2)·w7]·a_h1·(1 − a_h1)·i1",
-  "dE_dw2": "[(a_o1 − t1)·a_o1·(1 − a_o1)·w5 + (a_o2 − t2)·a_o2·(1 − a_o2)·w7]·a_h1·(1 − a_h1)·i2",
-  "dE_dw3": "[(a_o1 − t1)·a_o1·(1 − a_o1)·w6 + (a_o2 − t2)·a_o2·(1 − a_o2)·w8]·a_h2·(1 − a_h2)·i1",
-  "dE_dw4": "[(a_o1 − t1)·a_o1·(1 − a_o1)·w6 + (a_o2 − t2)·a_o2·(1 − a_o2)·w8]·a_h2·(1 − a_h2)·i2",
-  "dE_dw5": "(a_o1 − t1)·a_o1·(1 − a_o1)·a_h1",
-  "dE_dw6": "(a_o1 − t1)·a_o1·(1 − a_o1)·a_h2",
-  "dE_dw7": "(a_o2 − t2)·a_o2·(1 − a_o2)·a_h1",
-  "dE_dw8": "(a_o2 − t2)·a_o2·(1 − a_o2)·a_h2",
+  'h1': 'w1·i1 + w2·i2',
+  'a_h1': 'σ(h1) = 1/(1 + exp(−h1))',
+  'h2': 'w3·i1 + w4·i2',
+  'a_h2': 'σ(h2) = 1/(1 + exp(−h2))',
+  'o1': 'w5·a_h1 + w6·a_h2',
+  'a_o1': 'σ(o1) = 1/(1 + exp(−o1))',
+  'o2': 'w7·a_h1 + w8·a_h2',
+  'a_o2': 'σ(o2) = 1/(1 + exp(−o2))',
+  'E1': '½·(t1 − a_o1)²',
+  'E2': '½·(t2 − a_o2)²',
+  'E_total': 'E1 + E2',
+  'dE_dw1': '[(a_o1 − t1)·a_o1·(1 − a_o1)·w5 + (a_o2 − t2)·a_o2·(1 − a_o2)·w7]·a_h1·(1 − a_h1)·i1',
+  'dE_dw2': '[(a_o1 − t1)·a_o1·(1 − a_o1)·w5 + (a_o2 − t2)·a_o2·(1 − a_o2)·w7]·a_h1·(1 − a_h1)·i2',
+  'dE_dw3': '[(a_o1 − t1)·a_o1·(1 − a_o1)·w6 + (a_o2 − t2)·a_o2·(1 − a_o2)·w8]·a_h2·(1 − a_h2)·i1',
+  'dE_dw4': '[(a_o1 − t1)·a_o1·(1 − a_o1)·w6 + (a_o2 − t2)·a_o2·(1 − a_o2)·w8]·a_h2·(1 − a_h2)·i2',
+  'dE_dw5': '(a_o1 − t1)·a_o1·(1 − a_o1)·a_h1',
+  'dE_dw6': '(a_o1 − t1)·a_o1·(1 − a_o1)·a_h2',
+  'dE_dw7': '(a_o2 − t2)·a_o2·(1 − a_o2)·a_h1',
+  'dE_dw8': '(a_o2 − t2)·a_o2·(1 − a_o2)·a_h2',
 }
-UPDATE_FORMULA = "w ← w − η·∂E_total/∂w (previous row, all eight weights at once)"
+UPDATE_FORMULA = 'w ← w − η·∂E_total/∂w (previous row, all eight weights at once)'
 
 
 def course_params(dtype=jnp.float32) -> dict[str, jax.Array]:
@@ -79,32 +79,32 @@ def forward(params: Params, inputs: jax.Array, targets: jax.Array) -> dict[str, 
   t1, t2 = targets[0], targets[1]
   # jax.nn.sigmoid is lax.logistic: it never overflows exp() for large |x|, and its derivative
   # (used by jax.grad) is a·(1 − a), the same expression the hand gradients use.
-  h1 = p["w1"] * i1 + p["w2"] * i2
-  h2 = p["w3"] * i1 + p["w4"] * i2
+  h1 = p['w1'] * i1 + p['w2'] * i2
+  h2 = p['w3'] * i1 + p['w4'] * i2
   a_h1, a_h2 = jax.nn.sigmoid(h1), jax.nn.sigmoid(h2)
-  o1 = p["w5"] * a_h1 + p["w6"] * a_h2
-  o2 = p["w7"] * a_h1 + p["w8"] * a_h2
+  o1 = p['w5'] * a_h1 + p['w6'] * a_h2
+  o2 = p['w7'] * a_h1 + p['w8'] * a_h2
   a_o1, a_o2 = jax.nn.sigmoid(o1), jax.nn.sigmoid(o2)
   e1 = 0.5 * (t1 - a_o1) ** 2
   e2 = 0.5 * (t2 - a_o2) ** 2
   return {
-    "h1": h1,
-    "a_h1": a_h1,
-    "h2": h2,
-    "a_h2": a_h2,
-    "o1": o1,
-    "a_o1": a_o1,
-    "o2": o2,
-    "a_o2": a_o2,
-    "E1": e1,
-    "E2": e2,
-    "E_total": e1 + e2,
+    'h1': h1,
+    'a_h1': a_h1,
+    'h2': h2,
+    'a_h2': a_h2,
+    'o1': o1,
+    'a_o1': a_o1,
+    'o2': o2,
+    'a_o2': a_o2,
+    'E1': e1,
+    'E2': e2,
+    'E_total': e1 + e2,
   }
 
 
 def loss(params: Params, inputs: jax.Array, targets: jax.Array) -> jax.Array:
   """E_total = ½(t1 − a_o1)² + ½(t2 − a_o2)²."""
-  return forward(params, inputs, targets)["E_total"]
+  return forward(params, inputs, targets)['E_total']
 
 
 def hand_gradients(params: Params, inputs: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:
@@ -137,20 +137,20 @@ def hand_gradients(params: Params, inputs: jax.Array, targets: jax.Array) -> dic
   f = forward(params, inputs, targets)
   i1, i2 = inputs[0], inputs[1]
   t1, t2 = targets[0], targets[1]
-  a_h1, a_h2, a_o1, a_o2 = f["a_h1"], f["a_h2"], f["a_o1"], f["a_o2"]
+  a_h1, a_h2, a_o1, a_o2 = f['a_h1'], f['a_h2'], f['a_o1'], f['a_o2']
   delta_o1 = (a_o1 - t1) * a_o1 * (1 - a_o1)
   delta_o2 = (a_o2 - t2) * a_o2 * (1 - a_o2)
-  delta_h1 = (delta_o1 * p["w5"] + delta_o2 * p["w7"]) * a_h1 * (1 - a_h1)
-  delta_h2 = (delta_o1 * p["w6"] + delta_o2 * p["w8"]) * a_h2 * (1 - a_h2)
+  delta_h1 = (delta_o1 * p['w5'] + delta_o2 * p['w7']) * a_h1 * (1 - a_h1)
+  delta_h2 = (delta_o1 * p['w6'] + delta_o2 * p['w8']) * a_h2 * (1 - a_h2)
   return {
-    "w1": delta_h1 * i1,
-    "w2": delta_h1 * i2,
-    "w3": delta_h2 * i1,
-    "w4": delta_h2 * i2,
-    "w5": delta_o1 * a_h1,
-    "w6": delta_o1 * a_h2,
-    "w7": delta_o2 * a_h1,
-    "w8": delta_o2 * a_h2,
+    'w1': delta_h1 * i1,
+    'w2': delta_h1 * i2,
+    'w3': delta_h2 * i1,
+    'w4': delta_h2 * i2,
+    'w5': delta_o1 * a_h1,
+    'w6': delta_o1 * a_h2,
+    'w7': delta_o2 * a_h1,
+    'w8': delta_o2 * a_h2,
   }
 
 
@@ -172,13 +172,13 @@ def to_layers(params: Params) -> list[dict[str, jax.Array]]:
   h1 = w1·i1 + w2·i2 and h2 = w3·i1 + w4·i2 put [w1, w2] in column 0 and [w3, w4] in column 1.
   """
   p = params
-  w_hidden = jnp.stack([jnp.stack([p["w1"], p["w3"]]), jnp.stack([p["w2"], p["w4"]])])
-  w_output = jnp.stack([jnp.stack([p["w5"], p["w7"]]), jnp.stack([p["w6"], p["w8"]])])
-  return [{"w": w_hidden}, {"w": w_output}]
+  w_hidden = jnp.stack([jnp.stack([p['w1'], p['w3']]), jnp.stack([p['w2'], p['w4']])])
+  w_output = jnp.stack([jnp.stack([p['w5'], p['w7']]), jnp.stack([p['w6'], p['w8']])])
+  return [{'w': w_hidden}, {'w': w_output}]
 
 
 def from_layers(layers) -> dict[str, jax.Array]:
   """Inverse of `to_layers` (biases, if any, are dropped)."""
-  (w1, w3), (w2, w4) = layers[0]["w"]
-  (w5, w7), (w6, w8) = layers[1]["w"]
+  (w1, w3), (w2, w4) = layers[0]['w']
+  (w5, w7), (w6, w8) = layers[1]['w']
   return dict(zip(WEIGHT_NAMES, (w1, w2, w3, w4, w5, w6, w7, w8), strict=True))

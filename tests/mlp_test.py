@@ -20,7 +20,7 @@ def _batch(key, batch, widths, dtype):
 class MlpTest(chex.TestCase):
   def setUp(self):
     super().setUp()
-    self.enter_context(jax.numpy_rank_promotion("raise"))
+    self.enter_context(jax.numpy_rank_promotion('raise'))
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.product(
@@ -29,11 +29,11 @@ class MlpTest(chex.TestCase):
       dict(widths=(3, 1), use_bias=True),
       dict(widths=(4, 7, 6, 3), use_bias=True),
     ),
-    precision=["float32", "float64"],
+    precision=['float32', 'float64'],
   )
   def test_delta_rule_equals_autodiff(self, widths, use_bias, precision):
     rtol, atol = backprop_check.GRAD_TOLERANCES[precision]
-    with jax.enable_x64(precision == "float64"):
+    with jax.enable_x64(precision == 'float64'):
       dtype = jnp.dtype(precision)
       k_init, k_data = jax.random.split(jax.random.key(len(widths) * 10 + widths[0]))
       layers = mlp.init_layers(k_init, widths, use_bias, dtype)
@@ -45,7 +45,7 @@ class MlpTest(chex.TestCase):
 
   def test_delta_rule_on_random_shapes(self):
     """25 random architectures (depth 1-4, widths 1-9, batch 1-8), float64."""
-    rtol, atol = backprop_check.GRAD_TOLERANCES["float64"]
+    rtol, atol = backprop_check.GRAD_TOLERANCES['float64']
     rng = np.random.default_rng(0)
 
     @jax.jit  # One compile per shape, both gradients in it: eager mode would compile every op.
@@ -58,22 +58,22 @@ class MlpTest(chex.TestCase):
         batch = int(rng.integers(1, 9))
         use_bias = bool(case % 2)
         layers = [
-          {"w": rng.normal(size=(n_in, n_out)) / np.sqrt(n_in)}
-          | ({"b": rng.normal(size=n_out)} if use_bias else {})
+          {'w': rng.normal(size=(n_in, n_out)) / np.sqrt(n_in)}
+          | ({'b': rng.normal(size=n_out)} if use_bias else {})
           for n_in, n_out in zip(widths[:-1], widths[1:], strict=True)
         ]
         x = rng.uniform(-1, 1, size=(batch, widths[0]))
         t = rng.uniform(0, 1, size=(batch, widths[-1]))
         auto, hand = both_gradients(layers, x, t)
         chex.assert_trees_all_close(
-          auto, hand, rtol=rtol, atol=atol, custom_message=f"widths={widths}, batch={batch}"
+          auto, hand, rtol=rtol, atol=atol, custom_message=f'widths={widths}, batch={batch}'
         )
         chex.assert_trees_all_equal_shapes(hand, layers)
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_toy_formulas_agree_with_delta_rule(self):
     """The 2-2-2 hand formulas, the delta rule and the losses agree on 1024 random cases."""
-    rtol, atol = backprop_check.GRAD_TOLERANCES["float64"]
+    rtol, atol = backprop_check.GRAD_TOLERANCES['float64']
     with jax.enable_x64(True):
       k_x, k_t, k_w = jax.random.split(jax.random.key(1), 3)
       n = 1024
@@ -102,5 +102,5 @@ class MlpTest(chex.TestCase):
       np.testing.assert_allclose(mlp.loss(layers, x, t), toy.COURSE_E_TOTAL, rtol=1e-15)
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   absltest.main()
