@@ -65,7 +65,7 @@ FLAGS = flags.FLAGS
 class Trajectory:
   """One learning rate's rows: column name (as in CSV_COLUMNS) -> array of shape (epochs,)."""
 
-  learning_rate: float
+  learning_rate: float  # η (the first row's, when rows were given their own)
   precision: str
   columns: dict[str, np.ndarray]  # w1..w8 (before the row's update), intermediates, dE_dw1..8
   autodiff: dict[str, np.ndarray]  # jax.grad's ∂E/∂w1..w8, keyed w1..w8
@@ -137,8 +137,7 @@ def run_learning_rate(
     rows = jax.tree.map(np.asarray, rows)
   columns = {**rows['weights'], **rows['intermediates']}
   columns.update({f'dE_d{w}': rows['hand'][w] for w in toy.WEIGHT_NAMES})
-  lr = float(lrs[0]) if np.ndim(learning_rate) == 0 else learning_rate
-  trajectory = Trajectory(lr, precision, columns, rows['autodiff'])
+  trajectory = Trajectory(float(lrs[0]), precision, columns, rows['autodiff'])
   if check:
     check_gradients(trajectory)
   return trajectory
@@ -298,7 +297,7 @@ def build_workbook(
       ws[f'{SHEET_LETTERS[w]}{first}'] = float(v)
     for row in range(first, first + epochs):
       for c, formula in sheet_row_formulas(row).items():
-        if row > first or c not in toy.WEIGHT_NAMES and c != 'epoch':
+        if row > first or (c not in toy.WEIGHT_NAMES and c != 'epoch'):
           ws[f'{SHEET_LETTERS[c]}{row}'] = formula
     ws.freeze_panes = f'B{first}'
     chart = LineChart()
@@ -322,7 +321,7 @@ def plot_loss(trajectories: Sequence[Trajectory]) -> Figure:
   for t in trajectories:
     ax.plot(np.arange(t.epochs), t.columns['E_total'], label=f'η = {t.learning_rate:g}')
   ax.set(xlabel='epoch', ylabel='E_total', title='2-2-2 sigmoid net: E_total per learning rate')
-  ax.legend()
+  ax.legend(loc='upper right')
   ax.grid(alpha=0.3)
   fig.tight_layout()
   return fig
