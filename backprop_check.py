@@ -502,7 +502,7 @@ def _find_label_value(ws, name: str, skip_row: int):
 
 
 def _check_sheet(ws, ws_formulas, rtol: float, atol: float) -> SheetReport:
-  header_row, columns = None, {}
+  header_row, columns, best = None, {}, {}
   for row in ws.iter_rows():
     found = {}
     for cell in row:
@@ -512,7 +512,16 @@ def _check_sheet(ws, ws_formulas, rtol: float, atol: float) -> SheetReport:
     if all(w in found for w in toy.WEIGHT_NAMES):
       header_row, columns = row[0].row, found
       break
+    if len(found) > len(best):
+      best = found
   if header_row is None:
+    if best:  # Some headers, but not the eight weights every recomputation starts from.
+      cells = ', '.join(f'{c.value!r} ({c.coordinate})' for c in best.values())
+      missing = ', '.join(w for w in toy.WEIGHT_NAMES if w not in best)
+      return SheetReport(
+        ws.title,
+        problem=f'found {cells} but no header row with {missing}. Looked for {HEADERS_LOOKED_FOR}',
+      )
     return SheetReport(
       ws.title, problem=f'no recognisable headers. Looked for {HEADERS_LOOKED_FOR}'
     )

@@ -287,6 +287,16 @@ class CheckWorkbookTest(parameterized.TestCase):
       self.assertIn(looked_for, text)
     self.assertFalse(bc.workbook_agrees([report]))
 
+  def test_partial_headers_say_which_weights_are_missing(self):
+    path = os.path.join(self.create_tempdir().full_path, 'partial.xlsx')
+    wb = openpyxl.Workbook()
+    wb.active.append(['w1', 'w2', 'h1', 'weight 3'])
+    wb.active.append([0.1, 0.2, 0.3, 0.4])
+    wb.save(path)
+    (report,) = bc.check_workbook(path)
+    self.assertIn("found 'w1' (A1), 'w2' (B1), 'h1' (C1)", report.problem)
+    self.assertIn('no header row with w3, w4, w5, w6, w7, w8', report.problem)
+
   def test_own_workbook_without_cached_values_says_so(self):
     path = os.path.join(self.create_tempdir().full_path, 'ours.xlsx')
     bc.build_workbook([0.5], epochs=3).save(path)
