@@ -275,12 +275,13 @@ def evaluate(
 @contextlib.contextmanager
 def _quiet_orbax():
   """Orbax logs dozens of INFO lines per save/restore through absl; show warnings only."""
-  level = logging.get_verbosity()
-  logging.set_verbosity(logging.WARNING)
+  logger = logging.get_absl_logger()
+  level = logger.level
+  logger.setLevel(logging.WARNING)
   try:
     yield
   finally:
-    logging.set_verbosity(level)
+    logger.setLevel(level)
 
 
 def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -395,7 +396,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     chunk = min(config.steps_per_call, steps_per_epoch)
 
   # One 'data' axis over every device: batches sharded, state and data set replicated.
-  mesh = jax.make_mesh((jax.device_count(),), ('data',))
+  # Auto axes: the step is written without sharding annotations beyond one constraint on the
+  # batch, and XLA's partitioner inserts the gradient and BatchNorm all-reduces.
+  mesh = jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
   replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
 
   rng = jax.random.key(config.seed)
