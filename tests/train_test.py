@@ -238,8 +238,8 @@ class ShardedTest(absltest.TestCase):
     gradient all-reduce): in one process a sharded and an unsharded step agree to 1e-6.
     Over many steps at LR 0.1 with batch 8 such last-bit differences grow (to ~5e-3 in the
     parameters after 8 steps), so whole runs are compared by their metrics: losses agree to
-    1e-4 relative, accuracies to one test image. Per-device BatchNorm statistics (2 images per device) would
-    change the losses by far more, so this also shows the statistics are global.
+    1e-4 relative, accuracies to one test image. Per-device BatchNorm statistics (2 images
+    per device) would change the losses by far more, so this also shows they are global.
     """
     data_dir = testutil.write_idx_dir(self.create_tempdir().full_path, 64, 24)
     workdir4 = self.create_tempdir().full_path
