@@ -59,6 +59,19 @@ ARCHITECTURES: dict[str, tuple[Layer, ...]] = {
     GAP,
     HEAD,
   ),
+  # Tiny (7,442 params): the same plan at half the width (8/16 channels): ~3x fewer MACs.
+  'tiny': (
+    conv(8),
+    conv(16),
+    POOL,
+    conv(8, 1),
+    conv(16),
+    conv(16),
+    POOL,
+    conv(16, 3, 'VALID'),
+    GAP,
+    HEAD,
+  ),
 }
 
 

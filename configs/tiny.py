@@ -1,0 +1,23 @@
+"""Tiny config: the 7,442-parameter CNN ('tiny' in nets/cnn.py), 15 epochs.
+
+Command:
+
+  python scripts/seeds.py --config=configs/tiny.py --seeds=0,1,2,3,4 --root=workdirs/tiny \
+      -- --config.data_dir=../shared/mnist
+
+Target (issue 7): < 8,000 parameters, >= 99.4 % on each of seeds 0-4 within 15 epochs with
+the last 3 epochs all >= 99.4 %. Result: see the README's accuracy tables.
+"""
+
+import ml_collections
+
+from configs import mnist
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The default config with the tiny architecture, lighter decay and 15 epochs."""
+  c = mnist.get_config()
+  c.arch = 'tiny'  # 8/16 channels instead of 16/32: 7,442 parameters.
+  c.num_epochs = 15  # The issue's budget.
+  c.weight_decay = 1e-4  # A smaller net needs less regularisation.
+  return c
