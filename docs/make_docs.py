@@ -571,7 +571,8 @@ def block_budget(_=None) -> str:
   flatten_head = flat * cnn.HEAD.features + cnn.HEAD.features
   no_pool = [lay for lay in layers if lay.kind != 'pool']
   no_pool_rows = cnn.summary(cnn.CNN(layers=tuple(no_pool)))
-  no_pool_map = no_pool_rows[gap_index - 3]['output']  # Two pools fewer before the GAP.
+  n_pools, n_1x1 = len(layers) - len(no_pool), len(layers) - len(no_transition)
+  before_gap_no_pool = no_pool_rows[gap_index - n_pools - 1]  # The pools all come before GAP.
   table = _table(
     ('variant of the default network', 'parameters', 'vs default'),
     [
@@ -596,10 +597,10 @@ def block_budget(_=None) -> str:
   )
   return (
     table + '\n\n' + f'Of the {total:,} parameters, the BatchNorm scales and shifts are {bn:,} '
-    f'({100 * bn / total:.1f} %), the two 1×1 transitions {one_by_one:,} '
-    f'({100 * one_by_one / total:.1f} %) and the GAP classifier {head:,}. Without the two '
-    f'max-pools the map before GAP would be {"x".join(map(str, no_pool_map))} and the '
-    f'receptive field of the last conv {no_pool_rows[gap_index - 3]["receptive_field"]} pixels '
+    f'({100 * bn / total:.1f} %), the {n_1x1} transition convs (1×1) {one_by_one:,} '
+    f'({100 * one_by_one / total:.1f} %) and the GAP classifier {head:,}. Without its {n_pools} '
+    f'max-pools the map before GAP would be {"x".join(map(str, before_gap_no_pool["output"]))} '
+    f'and the receptive field of the last conv {before_gap_no_pool["receptive_field"]} pixels '
     f'instead of {rows[gap_index - 1]["receptive_field"]}, for the same '
     f'{_variant_params(no_pool):,} parameters but '
     f'{_conv_macs(no_pool_rows, no_pool) / _conv_macs(rows, layers):.1f}× the multiply-adds per '
