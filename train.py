@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import math
 import os
@@ -54,14 +55,18 @@ class NonFiniteError(FloatingPointError):
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Refuses out-of-range values before anything is compiled; each message names the field."""
+  try:
+    config.get('num_epochs')
+  except OSError as e:  # config_flags defers a --config file's load error to the first access.
+    raise ConfigError(f'the --config file could not be loaded ({e.__cause__ or e}).') from None
   checks = [
     ('num_epochs', config.num_epochs >= 1, 'must be >= 1'),
     ('batch_size', config.batch_size >= 1, 'must be >= 1'),
     ('eval_batch_size', config.eval_batch_size >= 1, 'must be >= 1'),
-    ('learning_rate', config.learning_rate > 0, 'must be > 0'),
+    ('learning_rate', 0 < config.learning_rate < math.inf, 'must be a finite number > 0'),
     ('warmup_fraction', 0 <= config.warmup_fraction < 1, 'must be in [0, 1)'),
     ('momentum', 0 <= config.momentum < 1, 'must be in [0, 1)'),
-    ('weight_decay', config.weight_decay >= 0, 'must be >= 0'),
+    ('weight_decay', 0 <= config.weight_decay < math.inf, 'must be a finite number >= 0'),
     ('label_smoothing', 0 <= config.label_smoothing < 1, 'must be in [0, 1)'),
     ('dropout_rate', 0 <= config.dropout_rate < 1, 'must be in [0, 1)'),
     ('max_degrees', 0 <= config.max_degrees <= 180, 'must be in [0, 180]'),
@@ -272,42 +277,173 @@ def evaluate(
 # ----------------------------------------------------------------------------- checkpoints
 
 
+class CheckpointError(ConfigError):
+  """workdir/checkpoints holds checkpoints, but none of them passes its checks."""
+
+
 @contextlib.contextmanager
-def _quiet_orbax():
-  """Orbax logs dozens of INFO lines per save/restore through absl; show warnings only."""
+def _quiet_orbax(level: int = logging.WARNING):
+  """Orbax logs dozens of INFO lines per save/restore through absl; show `level` and up only."""
   logger = logging.get_absl_logger()
-  level = logger.level
-  logger.setLevel(logging.WARNING)
+  old_level = logger.level
+  # absl's level constants (WARNING = -1) are not the `logging` module's (WARNING = 30).
+  logger.setLevel(logging.converter.absl_to_standard(level))
   try:
     yield
   finally:
-    logger.setLevel(level)
+    logger.setLevel(old_level)
 
 
 def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  """Orbax manager for workdir/checkpoints, keeping the newest `keep` epochs."""
+  """Orbax manager for workdir/checkpoints, keeping the newest `keep` epochs.
+
+  A kill during a save leaves only an uncommitted temp folder (orbax renames it into place
+  when complete); `cleanup_tmp_directories` removes such leftovers on the next start.
+  """
   options = ocp.CheckpointManagerOptions(
-    max_to_keep=keep, create=True, enable_async_checkpointing=False
+    max_to_keep=keep, create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True
   )
   return ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), options=options)
 
 
-def restore_latest(manager: ocp.CheckpointManager, target: TrainState) -> tuple[TrainState, int]:
-  """Restores the newest readable checkpoint; returns (state, epoch), epoch 0 if none.
+def leaf_digests(state: Any) -> dict[str, str]:
+  """sha256 of every leaf (dtype, shape and bytes), keyed by its path in the tree."""
 
-  A checkpoint that fails to load is reported and skipped in favour of the one before it.
+  def host_value(x):
+    x = jnp.asarray(x)  # A Python-int field is saved and restored as a JAX (int32) array.
+    if not x.is_fully_addressable:  # Multi-host: the state is replicated, so any shard is all.
+      x = x.addressable_data(0)
+    return np.ascontiguousarray(jax.device_get(x))
+
+  digests = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    leaf = host_value(leaf)
+    h = hashlib.sha256(f'{leaf.dtype.str}{leaf.shape}'.encode())
+    h.update(leaf.tobytes())
+    digests[jax.tree_util.keystr(path)] = h.hexdigest()
+  return digests
+
+
+def save_checkpoint(
+  manager: ocp.CheckpointManager, epoch: int, state: TrainState, record: dict[str, Any]
+) -> None:
+  """Saves `state` as the checkpoint of `epoch`, with its leaf checksums and metrics record.
+
+  Both go into the step's orbax metadata, which is written before the step is committed, so
+  a committed checkpoint always carries them. Orbax's own files have no checksum: a flipped
+  byte inside an array file loads silently as different numbers (tests/reliability_test.py).
   """
-  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
-  for step in sorted(manager.all_steps(), reverse=True):
+  metadata = {'leaf_sha256': leaf_digests(state), 'metrics_record': record}
+  with _quiet_orbax():
+    saved = manager.save(epoch, args=ocp.args.StandardSave(state), custom_metadata=metadata)
+    manager.wait_until_finished()
+  if not saved:  # Orbax skips steps <= its latest; set_aside_newer_checkpoints prevents that.
+    raise CheckpointError(f'orbax did not save the checkpoint of epoch {epoch}.')
+
+
+def _verify(manager: ocp.CheckpointManager, step: int, restored: TrainState) -> str | None:
+  """None if `restored` matches the checksums saved with `step`, else what is wrong."""
+  with _quiet_orbax(logging.FATAL):  # Orbax logs an unreadable file whole; we report it below.
+    metadata = manager.metadata(step)
+  custom = metadata.custom_metadata
+  if not isinstance(custom, dict) or 'leaf_sha256' not in custom:
+    # Orbax reads a missing or unparsable metadata file as empty; a readable one has times.
+    if metadata.init_timestamp_nsecs is None or custom:
+      return 'its orbax metadata file (_CHECKPOINT_METADATA, with the checksums) is unreadable'
+    logging.warning(
+      'Checkpoint of epoch %d has no checksums (saved before they were added); '
+      'loading it unverified.',
+      step,
+    )
+    return None
+  expected, actual = custom['leaf_sha256'], leaf_digests(restored)
+  bad = sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
+  if bad:
+    return f'{len(bad)} array(s) do not match their saved checksum: {", ".join(bad[:3])}'
+  return None
+
+
+def restore_latest(manager: ocp.CheckpointManager, target: TrainState) -> tuple[TrainState, int]:
+  """Restores the newest checkpoint that loads and matches its checksums; (state, epoch).
+
+  Returns (target, 0) when there is no checkpoint. A checkpoint that fails is reported and
+  skipped in favour of the one before it; CheckpointError if every one fails.
+  """
+  # As arrays, so that a Python-int `step` restores with the int32 dtype it was saved (and
+  # checksummed) with.
+  abstract = jax.tree_util.tree_map(
+    lambda x: ocp.utils.to_shape_dtype_struct(jnp.asarray(x)), target
+  )
+  manager.reload()  # Another process (or the user) may have changed the folder.
+  steps = sorted(manager.all_steps(), reverse=True)
+  problems = []
+  for step in steps:
     try:
       with _quiet_orbax():
         restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        problem = _verify(manager, step, restored)
     except Exception as e:  # Orbax/TensorStore raise many types for unreadable files.
-      logging.warning('Checkpoint of epoch %d is unreadable (%s); trying the one before.', step, e)
+      problem = f'it does not load ({type(e).__name__}: {str(e).splitlines()[0][:200]})'
+    if problem:
+      logging.warning(
+        'Checkpoint of epoch %d is corrupt: %s; trying the one before.', step, problem
+      )
+      problems.append(f'epoch {step}: {problem}')
       continue
-    logging.info('Resuming from the checkpoint of epoch %d.', step)
+    # Orbax restores strongly typed arrays; give back the weak types of Python-scalar fields
+    # (the step), so a resumed run calls the very program an uninterrupted one compiled.
+    restored = jax.tree_util.tree_map(
+      lambda r, t: jnp.asarray(r.item()) if getattr(jnp.asarray(t), 'weak_type', False) else r,
+      restored,
+      target,
+    )
+    if step != steps[0]:
+      logging.warning('Resuming from the checkpoint of epoch %d, the newest good one.', step)
+    else:
+      logging.info('Resuming from the checkpoint of epoch %d.', step)
     return restored, step
+  if steps:
+    raise CheckpointError(
+      f'no usable checkpoint in {manager.directory}: ' + '; '.join(problems) + '. Move the '
+      'folder away to start afresh.'
+    )
   return target, 0
+
+
+def set_aside_newer_checkpoints(manager: ocp.CheckpointManager, epoch: int, workdir: str) -> None:
+  """Moves checkpoints newer than `epoch` (they failed restore_latest's checks) out of the way.
+
+  They go to workdir/rejected_checkpoints/ for inspection; left in place, they would stop
+  orbax from saving those epochs again.
+  """
+  newer = [s for s in manager.all_steps() if s > epoch]
+  if not newer:
+    return
+  rejected = os.path.join(workdir, 'rejected_checkpoints')
+  os.makedirs(rejected, exist_ok=True)
+  for step in newer:
+    dest = os.path.join(rejected, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    os.replace(os.path.join(manager.directory, str(step)), dest)
+    logging.warning('Moved the rejected checkpoint of epoch %d to %s.', step, dest)
+  manager.reload()
+
+
+def checkpoint_record(manager: ocp.CheckpointManager, epoch: int) -> dict[str, Any] | None:
+  """The metrics.jsonl record saved with the checkpoint of `epoch` (None if it has none)."""
+  custom = manager.metadata(epoch).custom_metadata
+  return custom.get('metrics_record') if isinstance(custom, dict) else None
+
+
+# Crash-test hook, off by default: with S6JAX_PHASE_MARKERS=1 the trainer writes one line
+# 'S6JAX_PHASE <phase> <epoch>' to stderr as each phase begins, so that
+# scripts/crash_resume.py can SIGKILL it inside a chosen phase. Unset, it costs one `if`.
+_PHASE_MARKERS = os.environ.get('S6JAX_PHASE_MARKERS') == '1'
+
+
+def phase_marker(phase: str, epoch: int) -> None:
+  """Announces `phase` of `epoch` on stderr when S6JAX_PHASE_MARKERS=1; otherwise nothing."""
+  if _PHASE_MARKERS:
+    os.write(2, f'S6JAX_PHASE {phase} {epoch}\n'.encode())
 
 
 # ----------------------------------------------------------------------------- logging
@@ -416,8 +552,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   with _quiet_orbax():
     manager = checkpoint_manager(workdir, config.checkpoints_to_keep)
   state, start_epoch = restore_latest(manager, state)
+  set_aside_newer_checkpoints(manager, start_epoch, workdir)
   state = jax.device_put(state, replicated)
   log = MetricsLog(workdir, start_epoch)
+  if start_epoch and start_epoch not in {r['epoch'] for r in log.history}:
+    # Killed between the save and the metrics line: the checkpoint carries its epoch's line.
+    if record := checkpoint_record(manager, start_epoch):
+      log.write(record)
+  phase_marker('resumed', start_epoch)
 
   train_images = jax.device_put(train_data.images, replicated)
   train_labels = jax.device_put(train_data.labels, replicated)
@@ -460,6 +602,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   from tqdm import tqdm  # Lazy: only the interactive trainer needs it.
 
   for epoch in range(start_epoch + 1, config.num_epochs + 1):
+    phase_marker('train', epoch)
     t0 = time.perf_counter()
     batches = make_batches(
       jax.random.fold_in(perm_rng, epoch), len(train_data.labels), config.batch_size
@@ -487,12 +630,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         f'{os.path.join(workdir, "checkpoints")}.'
       )
     train_seconds = time.perf_counter() - t0
+    phase_marker('eval', epoch)
     test_metrics, _ = evaluate(
       eval_fn, state, test_data.images, test_data.labels, config.eval_batch_size
     )
-    with _quiet_orbax():
-      manager.save(epoch, args=ocp.args.StandardSave(state))
-      manager.wait_until_finished()
     record = {
       'epoch': epoch,
       'step': int(state.step),
@@ -504,6 +645,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       'train_seconds': train_seconds,
       'images_per_second': steps_per_epoch * config.batch_size / train_seconds,
     }
+    phase_marker('save', epoch)
+    save_checkpoint(manager, epoch, state, record)
+    phase_marker('saved', epoch)
     log.write(record)
     logging.info(
       'epoch %2d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  lr %.4f  %.1f s (%.0f img/s)',
@@ -518,6 +662,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
   log.close()
 
+  phase_marker('final', config.num_epochs)
   test_metrics, preds = evaluate(
     eval_fn, state, test_data.images, test_data.labels, config.eval_batch_size
   )
@@ -564,9 +709,16 @@ if __name__ == '__main__':
   from ml_collections import config_flags
 
   FLAGS = flags.FLAGS
-  config_flags.DEFINE_config_file(
-    'config', 'configs/mnist.py', 'Training config file (see configs/).', lock_config=True
-  )
+  try:
+    config_flags.DEFINE_config_file(
+      'config', 'configs/mnist.py', 'Training config file (see configs/).', lock_config=True
+    )
+  except (AttributeError, KeyError) as e:  # config_flags applies --config.<field> here.
+    detail = e
+    while isinstance(detail, BaseException) and detail.args:  # AttributeError(KeyError(str))
+      detail = detail.args[0]
+    overrides = ' '.join(a for a in sys.argv[1:] if a.startswith('--config.'))
+    sys.exit(f'error: unknown config field in {overrides}: {str(detail).replace(chr(10), "; ")}')
   flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and plots are written.')
   flags.DEFINE_string(
     'coordinator_address',
