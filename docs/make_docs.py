@@ -660,7 +660,7 @@ def load_runs(docs_dir: str) -> dict[int, dict]:
 
 
 def figure_seed(runs: dict[int, dict]) -> int | None:
-  """The seed whose final accuracy is the median (the lower one of a tie): typical, not best."""
+  """The seed whose final accuracy is the median (ties ordered by seed): typical, not best."""
   if not runs:
     return None
   order = sorted(runs, key=lambda s: (runs[s]['summary']['final_test_accuracy'], s))
