@@ -1,0 +1,483 @@
+"""Training and evaluation throughput of the default CNN: JAX beside PyTorch, in one run.
+
+  python bench/bench.py --out=bench/results/cpu.json
+  python bench/bench.py --augment --rounds=7          # both sides with rotation + shift
+  python bench/bench.py --notorch                     # JAX only (no PyTorch installed)
+
+JAX trains nets.cnn 'default' with train.train_step / train.train_steps (data on the device,
+the driving loop of train.train_and_evaluate: a jitted, donated `lax.scan` over
+`steps_per_call` steps, the whole epoch on accelerators). PyTorch trains bench/torch_cnn.py,
+the same network (parameter count asserted), with the same batch size, the same MNIST images
+and SGD + Nesterov momentum, one optimizer.step() per batch, as its users write it.
+
+Timed rounds alternate between the frameworks (JAX, PyTorch, PyTorch, JAX, ...), so a load
+that comes and goes hits both alike; the medians over rounds are reported, compile time
+apart, and the ratio JAX / PyTorch. The JSON (--out) records every round and the hardware.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any
+
+from absl import app, flags
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
+sys.path[:0] = [REPO, BENCH]  # The trainer's modules and torch_cnn.py.
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('data_dir', os.path.join(REPO, '..', 'shared', 'mnist'), 'MNIST IDX folder.')
+flags.DEFINE_integer('batch_size', 128, 'Training batch size (both frameworks).')
+flags.DEFINE_integer('eval_batch_size', 1000, 'Evaluation batch size (both frameworks).')
+flags.DEFINE_integer('rounds', 5, 'Timed rounds per framework (the median is reported).')
+flags.DEFINE_integer(
+  'round_steps', 0, 'Train steps per timed round; 0 = one epoch on accelerators, 64 on CPU.'
+)
+flags.DEFINE_integer('steps_per_call', 0, 'JAX steps per jitted call; 0 = the trainer default.')
+flags.DEFINE_list(
+  'jax',
+  ['repo-scan'],
+  'JAX variants MODEL-DRIVER, timed side by side. MODEL: repo (nets/cnn.py) or reshape '
+  '(bench/fast_cnn.py max-pool); DRIVER: scan (train.train_steps) or loop '
+  '(bench/fast_steps.py). The first is the headline.',
+)
+flags.DEFINE_bool('augment', False, 'Random rotation (7 deg) and shift (2 px) on both sides.')
+flags.DEFINE_bool('torch', True, 'Time PyTorch beside JAX (needs the `bench` extra).')
+flags.DEFINE_enum('torch_loader', 'slice', ['slice', 'dataloader'], 'How PyTorch gets batches.')
+flags.DEFINE_list(
+  'torch_threads', ['0', '1'], 'PyTorch intra-op thread counts to time; 0 = the core count.'
+)
+flags.DEFINE_bool('eval', True, 'Also time evaluation over the test set.')
+flags.DEFINE_string('xla_flags', None, 'XLA_FLAGS for this run (default: bench default).')
+flags.DEFINE_string('out', '', 'Write the results as JSON here.')
+flags.DEFINE_integer('seed', 0, 'Seeds init, shuffling and augmentation (both sides).')
+
+ARCH = 'default'
+MAX_DEGREES, MAX_SHIFT = 7.0, 2.0  # configs/mnist.py's augmentation, used with --augment.
+
+
+def cpu_model() -> str:
+  """The CPU model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def median_rate(images: int, seconds: list[float]) -> float:
+  return images / statistics.median(seconds)
+
+
+# ----------------------------------------------------------------------------- JAX side
+
+
+class JaxSide:
+  """The trainer's own pieces: state, on-device data, the donated multi-step call, eval."""
+
+  def __init__(
+    self, data, batch_size, eval_batch_size, steps_per_call, augment, seed, model, driver
+  ):
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import AxisType, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import train
+    from configs import mnist
+
+    self.jax, self.train = jax, train
+    config = mnist.get_config()
+    config.batch_size, config.eval_batch_size, config.seed = batch_size, eval_batch_size, seed
+    config.max_degrees = MAX_DEGREES if augment else 0.0
+    config.max_shift = MAX_SHIFT if augment else 0.0
+    self.config = config
+    self.num_train = len(data['train'].labels)
+    self.steps_per_epoch = self.num_train // batch_size
+    chunk, unroll = train.default_steps_per_call(self.steps_per_epoch)
+    if steps_per_call:
+      chunk = min(steps_per_call, self.steps_per_epoch)
+    self.chunk, self.unroll = chunk, unroll
+
+    rng = jax.random.key(seed)
+    init_rng, self.perm_rng, self.step_rng = jax.random.split(rng, 3)
+    self.state = train.create_train_state(init_rng, config, self.steps_per_epoch)
+    if model == 'reshape':
+      import fast_cnn
+
+      self.state = self.state.replace(apply_fn=fast_cnn.build(ARCH).apply)
+    self.num_params = sum(x.size for x in jax.tree_util.tree_leaves(self.state.params))
+    # As train.train_and_evaluate: one 'data' axis over every device, batch sharded, state and
+    # data set replicated (e.g. XLA_FLAGS=--xla_force_host_platform_device_count=2 on a CPU).
+    mesh = jax.make_mesh((jax.device_count(),), ('data',), axis_types=(AxisType.Auto,))
+    replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+    batch_sharding = batch_sharding if jax.device_count() > 1 else None
+    self.replicated = replicated
+    self.state = jax.device_put(self.state, replicated)
+    self.train_images = jax.device_put(data['train'].images, replicated)
+    self.train_labels = jax.device_put(data['train'].labels, replicated)
+    self.test = data['test']
+    step_fn = functools.partial(
+      train.train_step, max_degrees=config.max_degrees, max_shift=config.max_shift
+    )
+    if driver == 'loop' and unroll:
+      import fast_steps
+
+      steps_fn = functools.partial(
+        fast_steps.train_steps_loop, step_fn=step_fn, batch_sharding=batch_sharding
+      )
+    else:
+      steps_fn = functools.partial(
+        train.train_steps, step_fn=step_fn, unroll=unroll, batch_sharding=batch_sharding
+      )
+    multi_step = jax.jit(steps_fn, donate_argnums=(0, 1))
+    self.make_batches = jax.jit(train.epoch_batches, static_argnums=(1, 2))
+    self.eval_fn = jax.jit(train.eval_step)
+
+    t0 = time.perf_counter()
+    idx = jax.ShapeDtypeStruct((chunk, batch_size), jnp.int32)
+    sums = jax.device_put(train.zero_sums(), replicated)
+    self.step_call = multi_step.lower(
+      self.state, sums, self.train_images, self.train_labels, idx, self.step_rng
+    ).compile()
+    self.compile_train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    n = eval_batch_size
+    self.eval_fn.lower(
+      self.state, self.test.images[:n], self.test.labels[:n], jnp.ones(n, bool)
+    ).compile()
+    self.compile_eval_s = time.perf_counter() - t0
+    self.epoch, self.batches, self.cursor = 0, None, self.steps_per_epoch
+
+  def train_round(self, steps: int) -> float:
+    """Seconds for `steps` train steps (whole calls of `chunk` steps), synced at the end."""
+    jax, train = self.jax, self.train
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    sums = jax.device_put(train.zero_sums(), self.replicated)
+    done = 0
+    while done < steps:
+      if self.cursor + self.chunk > self.steps_per_epoch:  # New epoch: a fresh permutation.
+        self.epoch += 1
+        self.batches = self.make_batches(
+          jax.random.fold_in(self.perm_rng, self.epoch), self.num_train, self.config.batch_size
+        )
+        self.cursor = 0
+      idx = self.batches[self.cursor : self.cursor + self.chunk]
+      self.state, sums = self.step_call(
+        self.state, sums, self.train_images, self.train_labels, idx, self.step_rng
+      )
+      self.cursor += self.chunk
+      done += self.chunk
+    sums = jax.device_get(sums)
+    seconds = time.perf_counter() - t0
+    self.last_cpu_seconds = time.process_time() - c0
+    if sums['first_bad_step'] >= 0:
+      raise FloatingPointError('JAX training diverged (non-finite loss) during the benchmark.')
+    self.last_train = {'loss': float(sums['loss_sum'] / sums['count']), 'steps': done}
+    return seconds
+
+  def eval_round(self) -> float:
+    """Seconds to evaluate the whole test set, as train.train_and_evaluate does."""
+    t0 = time.perf_counter()
+    metrics, _ = self.train.evaluate(
+      self.eval_fn, self.state, self.test.images, self.test.labels, self.config.eval_batch_size
+    )
+    seconds = time.perf_counter() - t0
+    self.last_eval = metrics
+    return seconds
+
+
+# ----------------------------------------------------------------------------- PyTorch side
+
+
+class TorchSide:
+  """bench/torch_cnn.py trained the way its users write it: one optimizer.step() per batch."""
+
+  def __init__(self, data, batch_size, eval_batch_size, loader, augment, seed, threads, config):
+    import torch
+    import torch.nn.functional as F
+    import torch_cnn
+
+    import input_pipeline
+
+    self.torch, self.F, self.torch_cnn = torch, F, torch_cnn
+    self.threads = threads
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    self.generator = torch.Generator().manual_seed(seed)
+    self.model = torch_cnn.build(ARCH)
+    self.num_params = torch_cnn.count_params(self.model)
+    self.batch_size, self.eval_batch_size, self.augment = batch_size, eval_batch_size, augment
+    self.mean, self.std = input_pipeline.PIXEL_MEAN, input_pipeline.PIXEL_STD
+    # Images as [0, 1] floats in memory (ToTensor), normalised per batch (Normalize).
+    self.train_x = torch.from_numpy(data['train'].images.copy()).float().div_(255).unsqueeze(1)
+    self.train_y = torch.from_numpy(data['train'].labels).long()
+    self.test_x = torch.from_numpy(data['test'].images.copy()).float().div_(255).unsqueeze(1)
+    self.test_y = torch.from_numpy(data['test'].labels).long()
+    self.steps_per_epoch = len(self.train_y) // batch_size
+    self.optimizer = torch.optim.SGD(
+      self.model.parameters(),
+      lr=config.learning_rate,
+      momentum=config.momentum,
+      nesterov=True,
+      weight_decay=config.weight_decay,
+    )
+    self.loader_kind = loader
+    if loader == 'dataloader':
+      dataset = torch.utils.data.TensorDataset(self.train_x, self.train_y)
+      self.loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=self.generator
+      )
+    self.batches = iter(())
+
+  def _next_batch(self):
+    torch = self.torch
+    try:
+      return next(self.batches)
+    except StopIteration:
+      if self.loader_kind == 'dataloader':
+        self.batches = iter(self.loader)
+      else:
+        perm = torch.randperm(len(self.train_y), generator=self.generator)
+        n, b = self.steps_per_epoch, self.batch_size
+        self.batches = ((self.train_x[i], self.train_y[i]) for i in perm[: n * b].view(n, b))
+      return next(self.batches)
+
+  def train_round(self, steps: int) -> float:
+    torch, F = self.torch, self.F
+    torch.set_num_threads(self.threads)
+    self.model.train()
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    loss_sum = 0.0
+    for _ in range(steps):
+      x, y = self._next_batch()
+      if self.augment:
+        x = self.torch_cnn.augment(x, MAX_DEGREES, MAX_SHIFT, self.generator)
+      x = (x - self.mean) / self.std
+      self.optimizer.zero_grad(set_to_none=True)
+      loss = F.cross_entropy(self.model(x), y)
+      loss.backward()
+      self.optimizer.step()
+      loss_sum += loss.item()
+    seconds = time.perf_counter() - t0
+    self.last_cpu_seconds = time.process_time() - c0
+    if not torch.isfinite(torch.tensor(loss_sum)):
+      raise FloatingPointError('PyTorch training diverged during the benchmark.')
+    self.last_train = {'loss': loss_sum / steps, 'steps': steps}
+    return seconds
+
+  def eval_round(self) -> float:
+    torch = self.torch
+    torch.set_num_threads(self.threads)
+    self.model.eval()
+    t0 = time.perf_counter()
+    correct = 0
+    with torch.no_grad():
+      for i in range(0, len(self.test_y), self.eval_batch_size):
+        x = (self.test_x[i : i + self.eval_batch_size] - self.mean) / self.std
+        correct += (self.model(x).argmax(1) == self.test_y[i : i + self.eval_batch_size]).sum()
+    seconds = time.perf_counter() - t0
+    self.last_eval = {'accuracy': int(correct) / len(self.test_y)}
+    return seconds
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def summarise(times: list[float], images: int) -> dict[str, Any]:
+  return {'images_per_s': median_rate(images, times), 'round_seconds': times}
+
+
+def main(argv):
+  del argv
+  if FLAGS.xla_flags is not None:
+    os.environ['XLA_FLAGS'] = FLAGS.xla_flags
+
+  import jax
+
+  import input_pipeline
+
+  data = input_pipeline.get_datasets(FLAGS.data_dir)
+  sides = {}
+  for variant in FLAGS.jax:
+    model, _, driver = variant.partition('-')
+    sides[f'jax:{variant}'] = jx = JaxSide(
+      data,
+      FLAGS.batch_size,
+      FLAGS.eval_batch_size,
+      FLAGS.steps_per_call,
+      FLAGS.augment,
+      FLAGS.seed,
+      model,
+      driver or 'scan',
+    )
+    print(
+      f'jax:{variant}: JAX {jax.__version__} on {jax.default_backend()} '
+      f'({jax.devices()[0].device_kind}), {jx.num_params:,} params; {jx.chunk} steps per call '
+      f'(unroll={jx.unroll}); compile: train {jx.compile_train_s:.1f} s, '
+      f'eval {jx.compile_eval_s:.1f} s',
+      flush=True,
+    )
+  jx = next(iter(sides.values()))
+  round_steps = FLAGS.round_steps or (64 if jax.default_backend() == 'cpu' else jx.steps_per_epoch)
+  round_steps = max(jx.chunk, round_steps // jx.chunk * jx.chunk)  # Whole JAX calls.
+  torch_threads = sorted({int(t) or os.cpu_count() for t in FLAGS.torch_threads}, reverse=True)
+  if FLAGS.torch:
+    import torch
+
+    for threads in torch_threads:
+      th = TorchSide(
+        data,
+        FLAGS.batch_size,
+        FLAGS.eval_batch_size,
+        FLAGS.torch_loader,
+        FLAGS.augment,
+        FLAGS.seed,
+        threads,
+        jx.config,
+      )
+      if th.num_params != jx.num_params:
+        raise AssertionError(f'PyTorch net has {th.num_params:,} params, flax {jx.num_params:,}.')
+      sides[f'torch:{threads}t'] = th
+    print(f'PyTorch {torch.__version__}, threads {torch_threads}, same parameter count.')
+
+  # Warm-up (untimed): first calls allocate and, for PyTorch, pick kernels.
+  for side in sides.values():
+    side.train_round(round_steps)
+    if FLAGS.eval:
+      side.eval_round()
+
+  times = {name: {'train': [], 'train_cpu': [], 'eval': []} for name in sides}
+  order = list(sides)
+  for r in range(FLAGS.rounds):
+    for name in order if r % 2 == 0 else order[::-1]:  # ABBA: drift hits all alike.
+      times[name]['train'].append(sides[name].train_round(round_steps))
+      times[name]['train_cpu'].append(sides[name].last_cpu_seconds)
+      if FLAGS.eval:
+        times[name]['eval'].append(sides[name].eval_round())
+    line = '  '.join(
+      f'{n} {round_steps * FLAGS.batch_size / times[n]["train"][-1]:6.0f}' for n in order
+    )
+    print(f'round {r + 1}/{FLAGS.rounds} train img/s: {line}', flush=True)
+
+  images = round_steps * FLAGS.batch_size
+  n_test = len(data['test'].labels)
+  results = {}
+  for name, side in sides.items():
+    results[name] = {'train': summarise(times[name]['train'], images)}
+    results[name]['train']['last_loss'] = side.last_train['loss']
+    # Images per CPU-second (all threads of this process): on a shared machine this measures
+    # the work done, less the time spent waiting for a core.
+    results[name]['train']['images_per_cpu_s'] = median_rate(images, times[name]['train_cpu'])
+    if FLAGS.eval:
+      results[name]['eval'] = summarise(times[name]['eval'], n_test)
+      results[name]['eval']['last_accuracy'] = side.last_eval['accuracy']
+    if isinstance(side, JaxSide):
+      results[name].update(
+        compile_train_s=side.compile_train_s,
+        compile_eval_s=side.compile_eval_s,
+        steps_per_call=side.chunk,
+        unroll=side.unroll,
+      )
+  ratios = {}
+  if FLAGS.torch:
+    # Against PyTorch at the core count (its default) and against its fastest thread count:
+    # on a loaded machine PyTorch's OpenMP threads can collapse, so the second is the honest one.
+    default_torch = f'torch:{os.cpu_count()}t'
+    best_torch = max(
+      (n for n in sides if n.startswith('torch')),
+      key=lambda n: results[n]['train']['images_per_s'],
+    )
+    for name in (n for n in sides if n.startswith('jax')):
+      for label, ref in (
+        ('vs_torch_default_threads', default_torch),
+        ('vs_torch_best', best_torch),
+      ):
+        if ref not in results:
+          continue
+        per_round = [t / j for j, t in zip(times[name]['train'], times[ref]['train'], strict=True)]
+        ratios[f'{name} {label} ({ref})'] = {
+          'train': results[name]['train']['images_per_s'] / results[ref]['train']['images_per_s'],
+          'train_median_of_round_ratios': statistics.median(per_round),
+          'train_per_cpu_second': results[name]['train']['images_per_cpu_s']
+          / results[ref]['train']['images_per_cpu_s'],
+          'eval': (
+            results[name]['eval']['images_per_s'] / results[ref]['eval']['images_per_s']
+            if FLAGS.eval
+            else None
+          ),
+        }
+  record = {
+    'command': 'python ' + ' '.join(sys.argv),
+    'time': time.strftime('%Y-%m-%d %H:%M:%S'),
+    'hardware': {
+      'backend': jax.default_backend(),
+      'device_kind': jax.devices()[0].device_kind,
+      'device_count': jax.device_count(),
+      'cpu_model': cpu_model(),
+      'cpu_cores': os.cpu_count(),
+      'load_average_1min_at_end': os.getloadavg()[0],
+    },
+    'versions': {
+      'python': platform.python_version(),
+      'jax': jax.__version__,
+      'torch': sys.modules['torch'].__version__ if 'torch' in sys.modules else None,
+    },
+    'xla_flags': os.environ.get('XLA_FLAGS', ''),
+    'settings': {
+      'batch_size': FLAGS.batch_size,
+      'eval_batch_size': FLAGS.eval_batch_size,
+      'rounds': FLAGS.rounds,
+      'round_steps': round_steps,
+      'augment': FLAGS.augment,
+      'jax_variants': FLAGS.jax,
+      'torch_loader': FLAGS.torch_loader,
+      'torch_threads': torch_threads if FLAGS.torch else None,
+      'params': jx.num_params,
+    },
+    'results': results,
+    'ratios_jax_over_torch': ratios,
+  }
+  print(f'\nmedians of {FLAGS.rounds} rounds of {round_steps} steps x {FLAGS.batch_size} images:')
+  for name in order:
+    r = results[name]
+    ev = f', eval {r["eval"]["images_per_s"]:8,.0f} img/s' if FLAGS.eval else ''
+    comp = (
+      f', compile {r["compile_train_s"]:.1f} s (train) + {r["compile_eval_s"]:.1f} s (eval)'
+      if 'compile_train_s' in r
+      else ''
+    )
+    print(
+      f'  {name:18s} train {r["train"]["images_per_s"]:7,.0f} img/s '
+      f'({r["train"]["images_per_cpu_s"]:,.0f} img/CPU-s){ev}{comp}'
+    )
+  for label, r in ratios.items():
+    ev = f', eval {r["eval"]:.2f}x' if FLAGS.eval else ''
+    print(
+      f'  ratio {label}: train {r["train"]:.2f}x '
+      f'(median of per-round ratios {r["train_median_of_round_ratios"]:.2f}x; '
+      f'per CPU-second {r["train_per_cpu_second"]:.2f}x){ev}'
+    )
+  print(f'hardware: {record["hardware"]}')
+  if FLAGS.out:
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+    with open(FLAGS.out, 'w') as f:
+      json.dump(record, f, indent=2)
+    print(f'wrote {FLAGS.out}')
+
+
+if __name__ == '__main__':
+  app.run(main)
