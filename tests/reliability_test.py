@@ -188,10 +188,9 @@ class RecoveryTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    tmp = absltest.get_default_test_tmpdir()
-    cls.data_dir = testutil.write_idx_dir(os.path.join(tmp, 'reliability_idx'), 48, 20)
+    cls.data_dir = testutil.write_idx_dir(testutil.fresh_dir('reliability_idx'), 48, 20)
     cls.config = testutil.tiny_config(cls.data_dir, num_epochs=2)
-    cls.reference = os.path.join(tmp, 'reliability_reference')
+    cls.reference = testutil.fresh_dir('reliability_reference')
     train.train_and_evaluate(cls.config, cls.reference)
 
   def _copy_reference(self):

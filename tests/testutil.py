@@ -1,8 +1,10 @@
 """Shared helpers for the tests: where the real MNIST lies, small IDX folders, tiny configs."""
 
 import os
+import tempfile
 
 import numpy as np
+from absl.testing import absltest
 
 import input_pipeline
 from configs import mnist
@@ -50,3 +52,9 @@ def tiny_config(data_dir: str, **overrides):
   config.plots = False
   config.update(overrides)
   return config
+
+
+def fresh_dir(prefix: str) -> str:
+  """A new empty folder for a setUpClass. absltest's default tmpdir outlives a pytest session,
+  so a fixed name there would hand the next session an old run to resume."""
+  return tempfile.mkdtemp(prefix=prefix, dir=absltest.get_default_test_tmpdir())

@@ -115,11 +115,9 @@ class TrainAndEvaluateTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.data_dir = testutil.write_idx_dir(
-      os.path.join(absltest.get_default_test_tmpdir(), 'idx_small'), 48, 20
-    )
+    cls.data_dir = testutil.write_idx_dir(testutil.fresh_dir('idx_small'), 48, 20)
     cls.config = testutil.tiny_config(cls.data_dir, num_epochs=2)
-    cls.workdir = os.path.join(absltest.get_default_test_tmpdir(), 'reference_run')
+    cls.workdir = testutil.fresh_dir('reference_run')
     cls.summary = train.train_and_evaluate(cls.config, cls.workdir)
 
   def test_outputs(self):
