@@ -201,7 +201,10 @@ def train_steps(
   unroll: bool,
   batch_sharding: NamedSharding | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """Runs `step_fn` over each row of `batch_indices` [K, B] with `lax.scan`, all on device.
+  """Runs `step_fn` over each row of `batch_indices` [K, B], all on device.
+
+  With `unroll` the K steps are traced one after another (the CPU driver); otherwise they run
+  as one rolled `lax.scan` (accelerators: a whole epoch in one compiled loop).
 
   Each step gathers its batch from the on-device data set and uses rng fold_in(rng, step), so
   a resumed run repeats the same randomness. After a non-finite step, later steps leave the
@@ -227,7 +230,12 @@ def train_steps(
     }
     return (state, sums), None
 
-  (state, sums), _ = jax.lax.scan(body, (state, sums), batch_indices, unroll=unroll)
+  if unroll:
+    carry = (state, sums)
+    for i in range(batch_indices.shape[0]):
+      carry, _ = body(carry, batch_indices[i])
+    return carry
+  (state, sums), _ = jax.lax.scan(body, (state, sums), batch_indices)
   return state, sums
 
 
@@ -499,8 +507,10 @@ def default_steps_per_call(steps_per_epoch: int) -> tuple[int, bool]:
   """(steps per jitted call, unroll) for this backend.
 
   XLA:CPU runs a rolled `lax.scan` body ~20x slower than the same step called on its own
-  (see ../shared/MEASURED.md), while an unrolled scan of a few steps is the fastest driver
-  there. Accelerators run the whole epoch as one rolled scan: no host round-trip per step.
+  (../shared/MEASURED.md): inside a loop body it leaves most weight-gradient convolutions in
+  a layout only its slow generic emitter handles (bench/README.md). A scan of length 1 is
+  lowered the same way, so on the CPU the steps are traced directly instead (`unroll`), 8 per
+  call. Accelerators run the whole epoch as one rolled scan: no host round-trip per step.
   """
   if jax.default_backend() == 'cpu':
     return min(8, steps_per_epoch), True

@@ -42,10 +42,10 @@ flags.DEFINE_integer(
 flags.DEFINE_integer('steps_per_call', 0, 'JAX steps per jitted call; 0 = the trainer default.')
 flags.DEFINE_list(
   'jax',
-  ['repo-scan'],
-  'JAX variants MODEL-DRIVER, timed side by side. MODEL: repo (nets/cnn.py) or reshape '
-  '(bench/fast_cnn.py max-pool); DRIVER: scan (train.train_steps) or loop '
-  '(bench/fast_steps.py). The first is the headline.',
+  ['repo'],
+  'JAX variants timed side by side: repo (nets/cnn.py as it is, reshape max-pool) or '
+  'flaxpool (the same net with flax nn.max_pool, the slower CPU gradient). The first is the '
+  'headline.',
 )
 flags.DEFINE_bool('augment', False, 'Random rotation (7 deg) and shift (2 px) on both sides.')
 flags.DEFINE_bool('torch', True, 'Time PyTorch beside JAX (needs the `bench` extra).')
@@ -84,11 +84,10 @@ def median_rate(images: int, seconds: list[float]) -> float:
 class JaxSide:
   """The trainer's own pieces: state, on-device data, the donated multi-step call, eval."""
 
-  def __init__(
-    self, data, batch_size, eval_batch_size, steps_per_call, augment, seed, model, driver
-  ):
+  def __init__(self, data, batch_size, eval_batch_size, steps_per_call, augment, seed, model):
     import functools
 
+    import flax.linen as nn
     import jax
     import jax.numpy as jnp
     from jax.sharding import AxisType, NamedSharding
@@ -96,6 +95,7 @@ class JaxSide:
 
     import train
     from configs import mnist
+    from nets import cnn
 
     self.jax, self.train = jax, train
     config = mnist.get_config()
@@ -113,10 +113,10 @@ class JaxSide:
     rng = jax.random.key(seed)
     init_rng, self.perm_rng, self.step_rng = jax.random.split(rng, 3)
     self.state = train.create_train_state(init_rng, config, self.steps_per_epoch)
-    if model == 'reshape':
-      import fast_cnn
-
-      self.state = self.state.replace(apply_fn=fast_cnn.build(ARCH).apply)
+    if model == 'flaxpool':  # The pooling nets/cnn.py used before its reshape max-pool.
+      flax_pool = lambda x, k: nn.max_pool(x, (k, k), strides=(k, k))  # noqa: E731
+      model_def = cnn.CNN(layers=cnn.ARCHITECTURES[ARCH], pool=flax_pool)
+      self.state = self.state.replace(apply_fn=model_def.apply)
     self.num_params = sum(x.size for x in jax.tree_util.tree_leaves(self.state.params))
     # As train.train_and_evaluate: one 'data' axis over every device, batch sharded, state and
     # data set replicated (e.g. XLA_FLAGS=--xla_force_host_platform_device_count=2 on a CPU).
@@ -131,16 +131,9 @@ class JaxSide:
     step_fn = functools.partial(
       train.train_step, max_degrees=config.max_degrees, max_shift=config.max_shift
     )
-    if driver == 'loop' and unroll:
-      import fast_steps
-
-      steps_fn = functools.partial(
-        fast_steps.train_steps_loop, step_fn=step_fn, batch_sharding=batch_sharding
-      )
-    else:
-      steps_fn = functools.partial(
-        train.train_steps, step_fn=step_fn, unroll=unroll, batch_sharding=batch_sharding
-      )
+    steps_fn = functools.partial(
+      train.train_steps, step_fn=step_fn, unroll=unroll, batch_sharding=batch_sharding
+    )
     multi_step = jax.jit(steps_fn, donate_argnums=(0, 1))
     self.make_batches = jax.jit(train.epoch_batches, static_argnums=(1, 2))
     self.eval_fn = jax.jit(train.eval_step)
@@ -313,7 +306,8 @@ def main(argv):
   data = input_pipeline.get_datasets(FLAGS.data_dir)
   sides = {}
   for variant in FLAGS.jax:
-    model, _, driver = variant.partition('-')
+    if variant not in ('repo', 'flaxpool'):
+      raise app.UsageError(f'--jax={variant}: expected repo or flaxpool.')
     sides[f'jax:{variant}'] = jx = JaxSide(
       data,
       FLAGS.batch_size,
@@ -321,8 +315,7 @@ def main(argv):
       FLAGS.steps_per_call,
       FLAGS.augment,
       FLAGS.seed,
-      model,
-      driver or 'scan',
+      variant,
     )
     print(
       f'jax:{variant}: JAX {jax.__version__} on {jax.default_backend()} '

@@ -2,8 +2,8 @@
 
   python bench/xp_step.py --variants=base,fastmath --rounds=5 --steps=4
 
-Each variant is a jit of `--steps` train.train_step calls (a Python loop, the bench/fast_cnn
-model) compiled with its own XLA options (`.lower(...).compile(compiler_options)`), so
+Each variant is a jit of `--steps` train.train_step calls (a Python loop, nets/cnn.py's
+default model) compiled with its own XLA options (`.lower(...).compile(compiler_options)`), so
 flag effects are compared under the same machine load. Prints the median ms per step and the
 ratio to the first.
 """
@@ -22,7 +22,6 @@ sys.path[:0] = [
   os.path.dirname(os.path.abspath(__file__)),
 ]
 
-import fast_cnn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
@@ -58,7 +57,6 @@ def main():
   p.add_argument('--steps', type=int, default=8)
   p.add_argument('--calls', type=int, default=4)
   p.add_argument('--augment', action='store_true')
-  p.add_argument('--model', default='fast')
   a = p.parse_args()
   c = mnist.get_config()
   if not a.augment:
@@ -75,8 +73,6 @@ def main():
 
   f = jax.jit(loop, donate_argnums=0)
   state = train.create_train_state(jax.random.key(0), c, 468)
-  if a.model == 'fast':
-    state = state.replace(apply_fn=fast_cnn.build('default').apply)
   idx = train.epoch_batches(jax.random.key(1), 60000, 128)[: a.steps]
   rng = jax.random.key(2)
   lowered = f.lower(state, images, labels, idx, rng)

@@ -1,6 +1,7 @@
 """Tests for nets/cnn.py: parameter count, shapes, summary table, the pure apply function."""
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,6 +61,14 @@ class CnnTest(parameterized.TestCase):
     a, _ = cnn.apply(model, variables, images, train=False)
     b, _ = cnn.apply(model, variables, images, train=False)
     np.testing.assert_array_equal(a, b)
+
+  def test_max_pool_matches_flax(self):
+    x = jax.random.normal(jax.random.key(0), (3, 15, 14, 4))  # 15: a ragged edge, dropped.
+    np.testing.assert_array_equal(cnn.max_pool(x, 2), nn.max_pool(x, (2, 2), strides=(2, 2)))
+    # Without ties the gradients agree too (the one-hot of each window's maximum).
+    grad_ours = jax.grad(lambda x: jnp.sum(cnn.max_pool(x, 2) ** 2))(x)
+    grad_flax = jax.grad(lambda x: jnp.sum(nn.max_pool(x, (2, 2), strides=(2, 2)) ** 2))(x)
+    np.testing.assert_allclose(grad_ours, grad_flax, rtol=1e-6)
 
   def test_unknown_architecture(self):
     with self.assertRaisesRegex(ValueError, 'unknown architecture'):
