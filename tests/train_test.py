@@ -208,7 +208,7 @@ import input_pipeline, train
 from tests import testutil
 assert jax.device_count() == 4, jax.devices()
 data_dir, workdir = sys.argv[1:]
-cfg = testutil.tiny_config(data_dir, num_epochs=2)
+cfg = testutil.tiny_config(data_dir, num_epochs=2, learning_rate=0.01)
 train.train_and_evaluate(cfg, workdir)
 # One step with the batch sharded over the 4 devices, and not sharded.
 data = input_pipeline.get_datasets(data_dir)['train']
@@ -234,10 +234,11 @@ class ShardedTest(absltest.TestCase):
 
     Tolerances: sharding only reorders float32 sums (the BatchNorm statistics and the
     gradient all-reduce): in one process a sharded and an unsharded step agree to 1e-6.
-    Over many steps at LR 0.1 with batch 8 such last-bit differences grow (to ~5e-3 in the
-    parameters after 8 steps), so whole runs are compared by their metrics: losses agree to
-    1e-4 relative, accuracies to one test image. Per-device BatchNorm statistics (2 images
-    per device) would change the losses by far more, so this also shows they are global.
+    Over many steps with batch 8 such last-bit differences grow (at LR 0.1 to ~5e-3 in the
+    parameters after 8 steps), so the whole runs use LR 0.01 and are compared by their
+    metrics: losses agree to 1e-4 relative, accuracies to one test image. Per-device
+    BatchNorm statistics (2 images per device) would change the losses by far more, so this
+    also shows they are global.
     """
     data_dir = testutil.write_idx_dir(self.create_tempdir().full_path, 64, 24)
     workdir4 = self.create_tempdir().full_path
@@ -254,7 +255,9 @@ class ShardedTest(absltest.TestCase):
     with open(os.path.join(workdir4, 'summary.json')) as f:
       self.assertEqual(json.load(f)['device_count'], 4)
     workdir1 = self.create_tempdir().full_path
-    train.train_and_evaluate(testutil.tiny_config(data_dir, num_epochs=2), workdir1)
+    train.train_and_evaluate(
+      testutil.tiny_config(data_dir, num_epochs=2, learning_rate=0.01), workdir1
+    )
     for r4, r1 in zip(_read_metrics(workdir4), _read_metrics(workdir1), strict=True):
       self.assertEqual(r4['step'], r1['step'])
       for key in ('train_loss', 'test_loss'):
