@@ -23,10 +23,7 @@ IMAGES, LABELS = input_pipeline.IDX_FILES['train']
 
 class RealMnistTest(absltest.TestCase):
   def test_real_files_match_published_counts(self):
-    if not testutil.real_mnist_available():
-      if os.environ.get('CI') == 'true':
-        self.fail(f'real MNIST missing at {testutil.MNIST_DIR} in CI')
-      self.skipTest('real MNIST not present')
+    testutil.require_real_mnist(self)
     data = input_pipeline.get_datasets(testutil.MNIST_DIR)
     self.assertEqual(data['train'].images.shape, (60_000, 28, 28))
     self.assertEqual(data['test'].images.shape, (10_000, 28, 28))

@@ -18,6 +18,15 @@ def real_mnist_available() -> bool:
   return os.path.isfile(os.path.join(MNIST_DIR, 'train-images-idx3-ubyte.gz'))
 
 
+def require_real_mnist(test: absltest.TestCase) -> None:
+  """Skips `test` without ../shared/mnist, except under CI=true, where its absence fails."""
+  if real_mnist_available():
+    return
+  if os.environ.get('CI') == 'true':
+    test.fail(f'real MNIST missing at {MNIST_DIR}: this test must run in CI')
+  test.skipTest('real MNIST not present')
+
+
 def write_idx_dir(folder: str, num_train: int, num_test: int, gz: bool = True) -> str:
   """Writes a small IDX folder: the first examples of real MNIST, or random digits if absent."""
   os.makedirs(folder, exist_ok=True)

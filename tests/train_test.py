@@ -267,10 +267,7 @@ class ShardedTest(absltest.TestCase):
 
 class RealMnistTest(absltest.TestCase):
   def test_one_epoch_reaches_98_percent(self):
-    if not testutil.real_mnist_available():
-      if os.environ.get('CI') == 'true':
-        self.fail(f'real MNIST missing at {testutil.MNIST_DIR}: this test must run in CI')
-      self.skipTest('real MNIST not present')
+    testutil.require_real_mnist(self)
     config = mnist.get_config()
     config.data_dir = testutil.MNIST_DIR
     config.num_epochs = 1
