@@ -5,7 +5,8 @@ Command (offline, from the IDX files; drop --config.data_dir to load through TFD
   python train.py --config=configs/mnist.py --workdir=/tmp/mnist \
       --config.data_dir=../shared/mnist --config.seed=0
 
-Result: see the README's accuracy table (seeds 0-4, made by scripts/seeds.py).
+Result (seeds 0-4, `scripts/seeds.py`, 2-core AMD EPYC CPU, ~5 min per seed): final test
+accuracy 99.53 / 99.40 / 99.47 / 99.46 / 99.55 %, every seed >= 99.4 % by epoch 9-12.
 """
 
 import ml_collections
