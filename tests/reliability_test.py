@@ -188,10 +188,7 @@ class RecoveryTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.data_dir = testutil.write_idx_dir(testutil.fresh_dir('reliability_idx'), 48, 20)
-    cls.config = testutil.tiny_config(cls.data_dir, num_epochs=2)
-    cls.reference = testutil.fresh_dir('reliability_reference')
-    train.train_and_evaluate(cls.config, cls.reference)
+    cls.config, cls.reference, _ = testutil.reference_run()
 
   def _copy_reference(self):
     workdir = os.path.join(self.create_tempdir().full_path, 'run')

@@ -1,5 +1,6 @@
 """Shared helpers for the tests: where the real MNIST lies, small IDX folders, tiny configs."""
 
+import functools
 import os
 import tempfile
 
@@ -67,3 +68,23 @@ def fresh_dir(prefix: str) -> str:
   """A new empty folder for a setUpClass. absltest's default tmpdir outlives a pytest session,
   so a fixed name there would hand the next session an old run to resume."""
   return tempfile.mkdtemp(prefix=prefix, dir=absltest.get_default_test_tmpdir())
+
+
+@functools.cache
+def _reference_run():
+  import train  # Lazy: most users of this module need no trainer.
+
+  data_dir = write_idx_dir(fresh_dir('idx_small'), 48, 20)
+  config = tiny_config(data_dir, num_epochs=2)
+  workdir = fresh_dir('reference_run')
+  return config, workdir, train.train_and_evaluate(config, workdir)
+
+
+def reference_run():
+  """(config, workdir, summary) of one 2-epoch run on 48 train / 20 test images, batch 8.
+
+  Run once per process and shared by the tests that compare against it: treat the workdir as
+  read-only (copy it to damage it). The config is a fresh copy each call.
+  """
+  config, workdir, summary = _reference_run()
+  return config.copy_and_resolve_references(), workdir, summary

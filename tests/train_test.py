@@ -115,10 +115,7 @@ class TrainAndEvaluateTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.data_dir = testutil.write_idx_dir(testutil.fresh_dir('idx_small'), 48, 20)
-    cls.config = testutil.tiny_config(cls.data_dir, num_epochs=2)
-    cls.workdir = testutil.fresh_dir('reference_run')
-    cls.summary = train.train_and_evaluate(cls.config, cls.workdir)
+    cls.config, cls.workdir, cls.summary = testutil.reference_run()
 
   def test_outputs(self):
     s = self.summary
