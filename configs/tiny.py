@@ -16,9 +16,10 @@ from configs import mnist
 
 
 def get_config() -> ml_collections.ConfigDict:
-  """The default config with the tiny architecture, lighter decay and 15 epochs."""
+  """The default config with the tiny architecture, lighter regularisation and 15 epochs."""
   c = mnist.get_config()
   c.arch = 'tiny'  # 8/16 channels instead of 16/32: 7,442 parameters.
   c.num_epochs = 15  # The issue's budget.
-  c.weight_decay = 1e-4  # A smaller net needs less regularisation.
+  c.weight_decay = 5e-5  # A smaller net needs less regularisation (1e-4: 99.38 % on seed 0).
+  c.max_degrees = 5.0  # Gentler rotations than the default's 7 degrees, for the same reason.
   return c
