@@ -611,6 +611,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   from tqdm import tqdm  # Lazy: only the interactive trainer needs it.
 
+  schedule = make_schedule(config, steps_per_epoch)  # For logging the LR each epoch used last.
   for epoch in range(start_epoch + 1, config.num_epochs + 1):
     phase_marker('train', epoch)
     t0 = time.perf_counter()
@@ -651,7 +652,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       'train_accuracy': float(sums['correct'] / sums['count']),
       'test_loss': test_metrics['loss'],
       'test_accuracy': test_metrics['accuracy'],
-      'learning_rate': float(make_schedule(config, steps_per_epoch)(int(state.step) - 1)),
+      'learning_rate': float(schedule(int(state.step) - 1)),
       'train_seconds': train_seconds,
       'images_per_second': steps_per_epoch * config.batch_size / train_seconds,
     }
