@@ -8,6 +8,7 @@ misclassified.png, confusion.png and per_class.png into the workdir.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -136,7 +137,11 @@ def analyse_workdir(workdir: str, data_dir: str | None = None) -> dict:
   if epoch == 0:
     raise FileNotFoundError(f'{workdir}: no readable checkpoint.')
   metrics, preds = train.evaluate(
-    jax.jit(train.eval_step), state, test.images, test.labels, config.eval_batch_size
+    jax.jit(functools.partial(train.eval_step, ema=config.get('ema_decay', 0.0) > 0)),
+    state,
+    test.images,
+    test.labels,
+    config.eval_batch_size,
   )
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     plot_curves(

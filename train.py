@@ -40,6 +40,9 @@ TARGET_ACCURACY = 0.994  # The mission's bar; summary.json reports the first epo
 
 class TrainState(train_state.TrainState):
   batch_stats: Any  # BatchNorm running averages, updated by every train step.
+  # Exponential moving average of {'params', 'batch_stats'} (config.ema_decay); evaluation
+  # uses it when ema_decay > 0. With ema_decay = 0 it keeps the initial values, unused.
+  ema: Any
 
 
 class ConfigError(ValueError):
@@ -68,6 +71,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     ('momentum', 0 <= config.momentum < 1, 'must be in [0, 1)'),
     ('weight_decay', 0 <= config.weight_decay < math.inf, 'must be a finite number >= 0'),
     ('label_smoothing', 0 <= config.label_smoothing < 1, 'must be in [0, 1)'),
+    ('ema_decay', 0 <= config.ema_decay < 1, 'must be in [0, 1) (0 = off)'),
     ('dropout_rate', 0 <= config.dropout_rate < 1, 'must be in [0, 1)'),
     ('max_degrees', 0 <= config.max_degrees <= 180, 'must be in [0, 180]'),
     ('max_shift', 0 <= config.max_shift <= 14, 'must be in [0, 14] pixels'),
@@ -124,8 +128,22 @@ def create_train_state(
     optax.sgd(make_schedule(config, steps_per_epoch), momentum=config.momentum, nesterov=True),
   )
   return TrainState.create(
-    apply_fn=model.apply, params=variables['params'], batch_stats=variables['batch_stats'], tx=tx
+    apply_fn=model.apply,
+    params=variables['params'],
+    batch_stats=variables['batch_stats'],
+    ema=jax.tree_util.tree_map(jnp.copy, dict(variables)),
+    tx=tx,
   )
+
+
+def ema_update(ema: Any, new: Any, step: jax.Array, decay: float) -> Any:
+  """ema <- d * ema + (1 - d) * new, with d = min(decay, (1 + step) / (10 + step)).
+
+  The step-dependent cap (as in tf.train.ExponentialMovingAverage's num_updates) lets the
+  average follow the fast early changes instead of remembering the random initialisation.
+  """
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree_util.tree_map(lambda e, n: d * e + (1.0 - d) * n, ema, new)
 
 
 # ----------------------------------------------------------------------------- steps
@@ -146,8 +164,11 @@ def train_step(
   max_degrees: float = 0.0,
   max_shift: float = 0.0,
   label_smoothing: float = 0.0,
+  ema_decay: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on a uint8 batch: (state, batch, rng) -> (new state, metrics).
+
+  With `ema_decay` > 0 the step also updates `state.ema`, the weights evaluation uses.
 
   Metrics are sums over the batch (loss_sum, correct, count) so that any number of steps can
   be added up on device, plus `finite`: whether the loss and every gradient are finite.
@@ -167,6 +188,9 @@ def train_step(
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if ema_decay > 0:
+    new = {'params': new_state.params, 'batch_stats': new_state.batch_stats}
+    new_state = new_state.replace(ema=ema_update(state.ema, new, state.step, ema_decay))
   finite = jnp.isfinite(loss) & jnp.all(
     jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
   )
@@ -246,10 +270,18 @@ def epoch_batches(rng: jax.Array, num_examples: int, batch_size: int) -> jax.Arr
 
 
 def eval_step(
-  state: TrainState, images_u8: jax.Array, labels: jax.Array, mask: jax.Array
+  state: TrainState,
+  images_u8: jax.Array,
+  labels: jax.Array,
+  mask: jax.Array,
+  *,
+  ema: bool = False,
 ) -> dict[str, jax.Array]:
-  """Loss/correct sums over the masked-in examples of one batch, and every prediction."""
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  """Loss/correct sums over the masked-in examples of one batch, and every prediction.
+
+  `ema`: evaluate the moving-average weights `state.ema` instead of the trained ones.
+  """
+  variables = state.ema if ema else {'params': state.params, 'batch_stats': state.batch_stats}
   logits = state.apply_fn(variables, input_pipeline.preprocess(images_u8), train=False)
   preds = jnp.argmax(logits, -1)
   return {
@@ -578,6 +610,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     max_degrees=config.max_degrees,
     max_shift=config.max_shift,
     label_smoothing=config.label_smoothing,
+    ema_decay=config.ema_decay,
   )
   multi_step = jax.jit(
     functools.partial(
@@ -588,7 +621,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ),
     donate_argnums=(0, 1),
   )
-  eval_fn = jax.jit(eval_step)
+  eval_fn = jax.jit(functools.partial(eval_step, ema=config.ema_decay > 0))
   make_batches = jax.jit(epoch_batches, static_argnums=(1, 2))
 
   # Compile ahead of time so compile seconds are reported apart from training seconds.

@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.momentum = 0.9  # Nesterov momentum.
   c.weight_decay = 5e-4  # L2 decay added to the gradient (all parameters).
   c.label_smoothing = 0.0  # Cross-entropy label smoothing in [0, 1).
+  c.ema_decay = 0.0  # Evaluate an exponential moving average of the weights (0 = off).
 
   # --- Augmentation (on device, inside the train step)
   c.max_degrees = 7.0  # Random rotation in [-max_degrees, +max_degrees].

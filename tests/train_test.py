@@ -86,12 +86,53 @@ class TrainStepTest(chex.TestCase):
     self.assertEqual(int(sums['first_bad_step']), -1)
 
 
+class EmaTest(chex.TestCase):
+  def setUp(self):
+    super().setUp()
+    self.state = train.create_train_state(jax.random.key(0), mnist.get_config(), 100)
+    rng = np.random.default_rng(1)
+    self.images = jnp.asarray(rng.integers(0, 256, (16, 28, 28), np.uint8))
+    self.labels = jnp.asarray(rng.integers(0, 10, 16), jnp.int32)
+
+  def test_update_is_the_capped_moving_average(self):
+    ema, new = {'w': jnp.asarray(10.0)}, {'w': jnp.asarray(0.0)}
+    # Late in training the decay itself applies: 0.9 * 10 + 0.1 * 0.
+    np.testing.assert_allclose(train.ema_update(ema, new, jnp.asarray(10**6), 0.9)['w'], 9.0)
+    # At step 0 the cap (1 + 0) / (10 + 0) = 0.1 applies: 0.1 * 10 + 0.9 * 0.
+    np.testing.assert_allclose(train.ema_update(ema, new, jnp.asarray(0), 0.999)['w'], 1.0)
+
+  def test_step_moves_the_average_toward_the_new_weights_only_when_on(self):
+    key = jax.random.key(2)
+    off, _ = train.train_step(self.state, self.images, self.labels, key)
+    chex.assert_trees_all_equal(off.ema, self.state.ema)  # ema_decay = 0: untouched.
+    on, _ = train.train_step(self.state, self.images, self.labels, key, ema_decay=0.99)
+    chex.assert_trees_all_equal(on.params, off.params)  # The SGD step itself is unchanged.
+    d = 1 / 10  # The cap at step 0.
+    expected = jax.tree_util.tree_map(
+      lambda e, n: d * e + (1 - d) * n,
+      self.state.ema,
+      {'params': on.params, 'batch_stats': on.batch_stats},
+    )
+    chex.assert_trees_all_close(on.ema, expected, rtol=1e-6)
+
+  def test_eval_uses_the_average_only_when_asked(self):
+    mask = jnp.ones(16, bool)
+    zeroed = self.state.replace(ema=jax.tree_util.tree_map(jnp.zeros_like, self.state.ema))
+    raw = train.eval_step(zeroed, self.images, self.labels, mask)
+    ema = train.eval_step(zeroed, self.images, self.labels, mask, ema=True)
+    chex.assert_trees_all_equal(raw, train.eval_step(self.state, self.images, self.labels, mask))
+    # All-zero weights give all-zero logits: loss exactly log(10) per example.
+    np.testing.assert_allclose(float(ema['loss_sum']), 16 * np.log(10), rtol=1e-6)
+    self.assertNotAlmostEqual(float(raw['loss_sum']), float(ema['loss_sum']), places=3)
+
+
 class ConfigValidationTest(parameterized.TestCase):
   @parameterized.named_parameters(
     ('batch_zero', 'batch_size', 0),
     ('negative_lr', 'learning_rate', -0.1),
     ('zero_epochs', 'num_epochs', 0),
     ('smoothing', 'label_smoothing', 1.5),
+    ('ema_decay', 'ema_decay', 1.0),
     ('arch', 'arch', 'resnet'),
     ('missing_data_dir', 'data_dir', '/no/such/folder'),
   )
