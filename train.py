@@ -722,6 +722,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     'best_epoch': history[int(np.argmax(accs))]['epoch'] if accs else None,
     'final_test_accuracy': test_metrics['accuracy'],
     'mean_last3_test_accuracy': float(np.mean(accs[-3:])) if accs else None,
+    'min_last3_test_accuracy': min(accs[-3:]) if accs else None,
     'first_epoch_at_target': reached[0] if reached else None,
     'target_accuracy': TARGET_ACCURACY,
     'train_seconds': sum(r['train_seconds'] for r in history),

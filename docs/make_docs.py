@@ -677,7 +677,8 @@ def block_seeds(runs: dict[int, dict]) -> str:
     '\n'.join([seeds.HEADER, *map(seeds.row, summaries)])
     + f'\n\n{len(summaries)} finished run(s), seeds {", ".join(map(str, runs))}: mean final '
     f'{100 * statistics.mean(finals):.2f} %, min final {100 * min(finals):.2f} %; '
-    f'seeds reaching 99.4 %: {reached}/{len(summaries)}.\n'
+    f'seeds reaching 99.4 %: {reached}/{len(summaries)}; '
+    f'last 3 epochs all ≥ 99.4 %: {seeds.steady(summaries)}/{len(summaries)}.\n'
   )
 
 
