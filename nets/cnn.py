@@ -71,6 +71,18 @@ ARCHITECTURES: dict[str, tuple[Layer, ...]] = {
     conv(16, 3, 'VALID'),
     GAP,
     HEAD,
+  ),  # Tiny10 (7,752 params): tiny with 10 channels in the first conv (probe for issue 7).
+  'tiny10': (
+    conv(10),
+    conv(16),
+    POOL,
+    conv(8, 1),
+    conv(16),
+    conv(16),
+    POOL,
+    conv(16, 3, 'VALID'),
+    GAP,
+    HEAD,
   ),
 }
 

@@ -32,7 +32,8 @@ def row(s: dict) -> str:
   return (
     f'| {s["seed"]} | {s["params"]:,} | {100 * s["best_test_accuracy"]:.2f} '
     f'| {100 * s["final_test_accuracy"]:.2f} | {100 * s["mean_last3_test_accuracy"]:.2f} '
-    f'| {100 * s["min_last3_test_accuracy"]:.2f} | {first} | {s["epochs"]} | {s["train_seconds"]:.0f} | {s["compile_seconds"]:.0f} '
+    f'| {100 * s["min_last3_test_accuracy"]:.2f} | {first} | {s["epochs"]} '
+    f'| {s["train_seconds"]:.0f} | {s["compile_seconds"]:.0f} '
     f'| {hardware} |'
   )
 
