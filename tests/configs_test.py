@@ -1,0 +1,48 @@
+"""Every config in configs/ loads, passes validation, and keeps its parameter budget."""
+
+import glob
+import importlib.util
+import os
+
+import jax
+from absl.testing import absltest, parameterized
+
+import train
+from nets import cnn
+from tests import testutil
+
+CONFIG_DIR = os.path.join(testutil.REPO_ROOT, 'configs')
+
+# Issue 7's budgets: the tiny config under 8,000 parameters, every config under 20,000.
+BUDGETS = {'tiny.py': 8_000}
+DEFAULT_BUDGET = 20_000
+EPOCH_BUDGETS = {'tiny.py': 15, 'best.py': 15}
+
+
+def _configs():
+  paths = sorted(glob.glob(os.path.join(CONFIG_DIR, '*.py')))
+  return [(os.path.basename(p), p) for p in paths if not p.endswith('__init__.py')]
+
+
+class ConfigsTest(parameterized.TestCase):
+  def test_the_issue_configs_exist(self):
+    self.assertContainsSubset({'mnist.py', 'tiny.py', 'best.py'}, {n for n, _ in _configs()})
+
+  @parameterized.named_parameters(_configs())
+  def test_loads_validates_and_keeps_its_budget(self, path):
+    spec = importlib.util.spec_from_file_location('config_under_test', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # As --config=PATH loads it.
+    config = module.get_config()
+    train.validate_config(config)  # Raises ConfigError on any out-of-range field.
+    params = cnn.param_count(cnn.build(config.arch, config.dropout_rate))
+    name = os.path.basename(path)
+    self.assertLess(params, BUDGETS.get(name, DEFAULT_BUDGET), f'{name}: {params} params')
+    self.assertLessEqual(config.num_epochs, EPOCH_BUDGETS.get(name, config.num_epochs))
+    # The state the trainer builds has exactly the counted parameters.
+    state = jax.eval_shape(lambda c=config: train.create_train_state(jax.random.key(0), c, 10))
+    self.assertEqual(cnn.count_params(state.params), params)
+
+
+if __name__ == '__main__':
+  absltest.main()
