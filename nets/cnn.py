@@ -71,7 +71,21 @@ ARCHITECTURES: dict[str, tuple[Layer, ...]] = {
     conv(16, 3, 'VALID'),
     GAP,
     HEAD,
-  ),  # Tiny10 (7,752 params): tiny with 10 channels in the first conv (probe for issue 7).
+  ),  # Tiny6 (6,242 params): tiny with 12 instead of 16 channels in the 28x28 conv and the first
+  # 14x14 conv: how far down the tiny recipe holds (issue 7).
+  'tiny6': (
+    conv(8),
+    conv(12),
+    POOL,
+    conv(8, 1),
+    conv(12),
+    conv(16),
+    POOL,
+    conv(16, 3, 'VALID'),
+    GAP,
+    HEAD,
+  ),
+  # Tiny10 (7,752 params): tiny with 10 channels in the first conv (probe for issue 7).
   'tiny10': (
     conv(10),
     conv(16),
