@@ -34,7 +34,15 @@ def plot_curves(history: list[dict], path: str) -> None:
   ax_loss.plot(epochs, [r['test_loss'] for r in history], 's-', label='test')
   ax_loss.set(xlabel='epoch', ylabel='cross-entropy', yscale='log', title='loss')
   ax_acc.plot(epochs, [100 * r['train_accuracy'] for r in history], 'o-', label='train')
-  ax_acc.plot(epochs, [100 * r['test_accuracy'] for r in history], 's-', label='test')
+  ema = all('test_accuracy_raw' in r for r in history) and bool(history)
+  ax_acc.plot(
+    epochs,
+    [100 * r['test_accuracy'] for r in history],
+    's-',
+    label='test (EMA weights)' if ema else 'test',
+  )
+  if ema:  # config.ema_decay > 0: the trained weights' accuracy beside the average's.
+    ax_acc.plot(epochs, [100 * r['test_accuracy_raw'] for r in history], '^:', label='test (raw)')
   ax_acc.axhline(99.4, color='gray', ls='--', lw=1, label='99.4 %')
   ax_acc.set(xlabel='epoch', ylabel='accuracy (%)', title='accuracy', ylim=(97, 100))
   for ax in (ax_loss, ax_acc):
@@ -150,7 +158,12 @@ def analyse_workdir(workdir: str, data_dir: str | None = None) -> dict:
   plot_misclassified(test.images, test.labels, preds, os.path.join(workdir, 'misclassified.png'))
   plot_confusion(test.labels, preds, os.path.join(workdir, 'confusion.png'))
   acc = plot_per_class(test.labels, preds, os.path.join(workdir, 'per_class.png'))
-  return {'epoch': epoch, 'test_accuracy': metrics['accuracy'], 'per_class': acc.tolist()}
+  return {
+    'epoch': epoch,
+    'test_accuracy': metrics['accuracy'],
+    'test_loss': metrics['loss'],
+    'per_class': acc.tolist(),
+  }
 
 
 if __name__ == '__main__':
