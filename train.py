@@ -778,11 +778,20 @@ if __name__ == '__main__':
   )
   flags.DEFINE_integer('num_processes', None, 'Multi-host only: number of processes.')
   flags.DEFINE_integer('process_id', None, 'Multi-host only: index of this process.')
+  flags.DEFINE_integer(
+    'cpu_devices',
+    0,
+    'CPU only: split the host into this many JAX devices, the batch sharded over them as over '
+    'GPUs (0 = one device). On 2 cores, 2 devices train ~1.2x faster (bench/README.md).',
+    lower_bound=0,
+  )
   flags.mark_flags_as_required(['workdir'])
 
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    if FLAGS.cpu_devices:  # Before anything starts a JAX backend.
+      jax.config.update('jax_num_cpu_devices', FLAGS.cpu_devices)
     if FLAGS.coordinator_address:
       jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     try:

@@ -303,6 +303,32 @@ class ShardedTest(absltest.TestCase):
       self.assertAlmostEqual(r4['test_accuracy'], r1['test_accuracy'], delta=1 / 24 + 1e-9)
 
 
+class CpuDevicesFlagTest(absltest.TestCase):
+  def test_cpu_devices_splits_the_host_and_refuses_an_indivisible_batch(self):
+    data_dir = testutil.write_idx_dir(self.create_tempdir().full_path, 16, 8)
+    tmp = self.create_tempdir().full_path
+    env = dict(os.environ, JAX_PLATFORMS='cpu')
+    env.pop('XLA_FLAGS', None)
+    common = [
+      f'--config.data_dir={data_dir}', '--config.batch_size=8', '--config.eval_batch_size=8',
+      '--config.num_epochs=1', '--config.steps_per_call=1', '--config.plots=False',
+    ]  # fmt: skip
+
+    def run(devices, workdir):
+      return subprocess.run(
+        [sys.executable, 'train.py', f'--workdir={workdir}', f'--cpu_devices={devices}', *common],
+        cwd=testutil.REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+      )  # fmt: skip
+
+    proc = run(2, f'{tmp}/two')
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    with open(f'{tmp}/two/summary.json') as f:
+      self.assertEqual(json.load(f)['device_count'], 2)
+    proc = run(3, f'{tmp}/three')  # 8 images cannot be split over 3 devices.
+    self.assertEqual(proc.returncode, 1)
+    self.assertIn('config.batch_size=8 is not divisible by 3 devices', proc.stderr)
+
+
 class RealMnistTest(absltest.TestCase):
   def test_one_epoch_reaches_98_percent(self):
     testutil.require_real_mnist(self)
