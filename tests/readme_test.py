@@ -1,12 +1,18 @@
 """The README's quoted numbers and paths come from the code; this keeps them from drifting."""
 
+import glob
+import json
 import os
 import re
+import statistics
 
 from absl.testing import absltest
 
 from nets import cnn
+from scripts import seeds
 from tests import testutil
+
+RUNS = os.path.join(testutil.REPO_ROOT, 'docs', 'runs')
 
 
 def _readme() -> str:
@@ -28,6 +34,33 @@ class ReadmeTest(absltest.TestCase):
     ):
       with self.subTest(path=path):
         self.assertTrue(os.path.exists(os.path.join(testutil.REPO_ROOT, path)), path)
+
+  def test_seed_tables_quote_the_committed_runs(self):
+    paths = sorted(glob.glob(os.path.join(RUNS, '*', 'seed*', 'summary.json')))
+    self.assertGreaterEqual(len(paths), 10)
+    for path in paths:
+      with open(path) as f:
+        row = seeds.row(json.load(f))
+      self.assertIn(row, _readme(), f'README lacks the row of {os.path.relpath(path, RUNS)}')
+
+  def test_config_summary_rows_agree_with_the_committed_runs(self):
+    for run_dir in sorted(glob.glob(os.path.join(RUNS, '*'))):
+      name = os.path.basename(run_dir)
+      summaries = []
+      for path in sorted(glob.glob(os.path.join(run_dir, 'seed*', 'summary.json'))):
+        with open(path) as f:
+          summaries.append(json.load(f))
+      finals = [100 * s['final_test_accuracy'] for s in summaries]
+      line = re.search(rf'(?m)^\| `configs/{name}\.py`.*$', _readme())
+      self.assertIsNotNone(line, f'no summary row for configs/{name}.py')
+      cells = [c.strip() for c in line.group(0).strip('|').split('|')]
+      self.assertEqual(cells[1], f'{summaries[0]["params"]:,}', name)
+      self.assertEqual(cells[2], str(summaries[0]['epochs']), name)
+      reached = sum(s['first_epoch_at_target'] is not None for s in summaries)
+      self.assertEqual(cells[3], f'{reached}/{len(summaries)}', name)
+      self.assertTrue(cells[4].startswith(f'{seeds.steady(summaries)}/{len(summaries)}'), name)
+      self.assertEqual(cells[5], f'{statistics.mean(finals):.2f}', name)
+      self.assertEqual(cells[6], f'{min(finals):.2f}', name)
 
   def test_ci_runs_the_readme_test_command(self):
     with open(os.path.join(testutil.REPO_ROOT, '.ci', 'run')) as f:
