@@ -107,9 +107,10 @@ def plot_confusion(labels: np.ndarray, preds: np.ndarray, path: str) -> np.ndarr
 
 
 def plot_per_class(labels: np.ndarray, preds: np.ndarray, path: str) -> np.ndarray:
-  """Per-class test accuracy as a bar chart; returns the accuracies."""
+  """Per-class test accuracy as a bar chart; returns the accuracies (NaN: class absent)."""
   counts = confusion_matrix(labels, preds)
-  acc = np.diag(counts) / counts.sum(1)
+  totals = counts.sum(1)
+  acc = np.diag(counts) / np.where(totals > 0, totals, np.nan)
   fig, ax = plt.subplots(figsize=(7, 3.5))
   ax.bar(range(10), 100 * acc)
   for c, a in enumerate(acc):

@@ -131,7 +131,8 @@ class CheckpointIntegrityTest(parameterized.TestCase):
       return
     finally:
       manager.close()
-    same = jax.tree_util.tree_map(np.array_equal, loaded.params, self.states[2].params)
+    # Every array of the state (params, optimiser state, EMA...): the file holds some of them.
+    same = jax.tree_util.tree_map(np.array_equal, loaded, self.states[2])
     self.assertFalse(all(jax.tree_util.tree_leaves(same)))
 
   @parameterized.named_parameters(
