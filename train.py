@@ -549,6 +549,16 @@ def default_steps_per_call(steps_per_epoch: int) -> tuple[int, bool]:
   return steps_per_epoch, False
 
 
+def seconds_to_target(history: list[dict[str, Any]], target: float) -> float | None:
+  """Training seconds (compile and evaluation excluded) until test accuracy first >= target."""
+  seconds = 0.0
+  for record in history:
+    seconds += record['train_seconds']
+    if record['test_accuracy'] >= target:
+      return seconds
+  return None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains and evaluates per `config`, checkpointing to and resuming from `workdir`.
 
@@ -730,6 +740,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     'mean_last3_test_accuracy': float(np.mean(accs[-3:])) if accs else None,
     'min_last3_test_accuracy': min(accs[-3:]) if accs else None,
     'first_epoch_at_target': reached[0] if reached else None,
+    'train_seconds_to_target': seconds_to_target(history, TARGET_ACCURACY),
     'target_accuracy': TARGET_ACCURACY,
     'train_seconds': sum(r['train_seconds'] for r in history),
     'compile_seconds': compile_seconds,

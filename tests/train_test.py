@@ -126,6 +126,19 @@ class EmaTest(chex.TestCase):
     self.assertNotAlmostEqual(float(raw['loss_sum']), float(ema['loss_sum']), places=3)
 
 
+class SecondsToTargetTest(absltest.TestCase):
+  def test_sums_training_time_up_to_the_first_epoch_at_the_target(self):
+    history = [
+      {'train_seconds': 2.0, 'test_accuracy': 0.990},
+      {'train_seconds': 3.0, 'test_accuracy': 0.995},
+      {'train_seconds': 4.0, 'test_accuracy': 0.991},
+      {'train_seconds': 5.0, 'test_accuracy': 0.996},
+    ]
+    self.assertEqual(train.seconds_to_target(history, 0.994), 5.0)
+    self.assertEqual(train.seconds_to_target(history, 0.996), 14.0)
+    self.assertIsNone(train.seconds_to_target(history, 0.999))
+
+
 class ConfigValidationTest(parameterized.TestCase):
   @parameterized.named_parameters(
     ('batch_zero', 'batch_size', 0),
@@ -170,6 +183,7 @@ class TrainAndEvaluateTest(absltest.TestCase):
       'compile_seconds',
       'device_kind',
       'first_epoch_at_target',
+      'train_seconds_to_target',
     ):
       self.assertIn(key, s)
     with open(os.path.join(self.workdir, 'summary.json')) as f:
