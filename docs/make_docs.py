@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 import sys
 from collections.abc import Callable, Sequence
 
@@ -671,14 +670,10 @@ def block_seeds(runs: dict[int, dict]) -> str:
   if not runs:
     return 'No finished runs yet.\n'
   summaries = [r['summary'] for r in runs.values()]
-  finals = [s['final_test_accuracy'] for s in summaries]
-  reached = sum(s['first_epoch_at_target'] is not None for s in summaries)
   return (
     '\n'.join([seeds.HEADER, *map(seeds.row, summaries)])
-    + f'\n\n{len(summaries)} finished run(s), seeds {", ".join(map(str, runs))}: mean final '
-    f'{100 * statistics.mean(finals):.2f} %, min final {100 * min(finals):.2f} %; '
-    f'seeds reaching 99.4 %: {reached}/{len(summaries)}; '
-    f'last 3 epochs all ≥ 99.4 %: {seeds.steady(summaries)}/{len(summaries)}.\n'
+    + f'\n\n{len(summaries)} finished run(s), seeds {", ".join(map(str, runs))}: '
+    f'{seeds.footer(summaries)}.\n'
   )
 
 

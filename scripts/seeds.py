@@ -38,9 +38,27 @@ def row(s: dict) -> str:
   )
 
 
-def steady(summaries: list[dict]) -> int:
-  """How many runs have every one of their last 3 epochs at or above the target."""
-  return sum(s['min_last3_test_accuracy'] >= s['target_accuracy'] for s in summaries)
+def totals(summaries: list[dict]) -> dict:
+  """Over the runs: mean and min final accuracy (%), how many reached the target at some epoch,
+  and how many kept every one of their last 3 epochs at or above it ('steady')."""
+  finals = [100 * s['final_test_accuracy'] for s in summaries]
+  return {
+    'runs': len(summaries),
+    'mean_final': statistics.mean(finals),
+    'min_final': min(finals),
+    'reached': sum(s['first_epoch_at_target'] is not None for s in summaries),
+    'steady': sum(s['min_last3_test_accuracy'] >= s['target_accuracy'] for s in summaries),
+  }
+
+
+def footer(summaries: list[dict]) -> str:
+  """The line under a seed table: `totals` in words."""
+  t = totals(summaries)
+  return (
+    f'mean final {t["mean_final"]:.2f} %, min final {t["min_final"]:.2f} %; seeds reaching '
+    f'99.4 %: {t["reached"]}/{t["runs"]}; seeds with the last 3 epochs all ≥ 99.4 %: '
+    f'{t["steady"]}/{t["runs"]}'
+  )
 
 
 def main() -> int:
@@ -74,14 +92,7 @@ def main() -> int:
       summary = json.load(f)
     summaries.append(summary)
     print(f'{row(summary)}  ({time.time() - t0:.0f} s wall)', flush=True)
-  finals = [s['final_test_accuracy'] for s in summaries]
-  table = '\n'.join([HEADER, *map(row, summaries)])
-  table += (
-    f'\n\nmean final {100 * statistics.mean(finals):.2f} %, min final {100 * min(finals):.2f} %;'
-    f' seeds reaching 99.4 %: '
-    f'{sum(s["first_epoch_at_target"] is not None for s in summaries)}/{len(summaries)};'
-    f' seeds with the last 3 epochs all ≥ 99.4 %: {steady(summaries)}/{len(summaries)}\n'
-  )
+  table = '\n'.join([HEADER, *map(row, summaries)]) + f'\n\n{footer(summaries)}\n'
   os.makedirs(args.root, exist_ok=True)
   with open(os.path.join(args.root, 'table.md'), 'w') as f:
     f.write(f'`{" ".join(["python", "scripts/seeds.py", *sys.argv[1:]])}`\n\n{table}')

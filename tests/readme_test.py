@@ -4,7 +4,6 @@ import glob
 import json
 import os
 import re
-import statistics
 
 from absl.testing import absltest
 
@@ -50,17 +49,16 @@ class ReadmeTest(absltest.TestCase):
       for path in sorted(glob.glob(os.path.join(run_dir, 'seed*', 'summary.json'))):
         with open(path) as f:
           summaries.append(json.load(f))
-      finals = [100 * s['final_test_accuracy'] for s in summaries]
+      t = seeds.totals(summaries)
       line = re.search(rf'(?m)^\| `configs/{name}\.py`.*$', _readme())
       self.assertIsNotNone(line, f'no summary row for configs/{name}.py')
       cells = [c.strip() for c in line.group(0).strip('|').split('|')]
       self.assertEqual(cells[1], f'{summaries[0]["params"]:,}', name)
       self.assertEqual(cells[2], str(summaries[0]['epochs']), name)
-      reached = sum(s['first_epoch_at_target'] is not None for s in summaries)
-      self.assertEqual(cells[3], f'{reached}/{len(summaries)}', name)
-      self.assertTrue(cells[4].startswith(f'{seeds.steady(summaries)}/{len(summaries)}'), name)
-      self.assertEqual(cells[5], f'{statistics.mean(finals):.2f}', name)
-      self.assertEqual(cells[6], f'{min(finals):.2f}', name)
+      self.assertEqual(cells[3], f'{t["reached"]}/{t["runs"]}', name)
+      self.assertTrue(cells[4].startswith(f'{t["steady"]}/{t["runs"]}'), name)
+      self.assertEqual(cells[5], f'{t["mean_final"]:.2f}', name)
+      self.assertEqual(cells[6], f'{t["min_final"]:.2f}', name)
 
   def test_ci_runs_the_readme_test_command(self):
     with open(os.path.join(testutil.REPO_ROOT, '.ci', 'run')) as f:
