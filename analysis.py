@@ -137,6 +137,8 @@ def analyse_workdir(workdir: str, data_dir: str | None = None) -> dict:
   with open(os.path.join(workdir, 'summary.json')) as f:
     summary = json.load(f)
   config = ml_collections.ConfigDict(summary['config'])
+  if 'ema_decay' not in config:  # A run from before the field existed: no moving average.
+    config.ema_decay = 0.0
   if data_dir is not None:
     config.data_dir = data_dir
   test = input_pipeline.get_datasets(config.data_dir, config.tfds_data_dir or None)['test']
@@ -146,7 +148,7 @@ def analyse_workdir(workdir: str, data_dir: str | None = None) -> dict:
   if epoch == 0:
     raise FileNotFoundError(f'{workdir}: no readable checkpoint.')
   metrics, preds = train.evaluate(
-    jax.jit(functools.partial(train.eval_step, ema=config.get('ema_decay', 0.0) > 0)),
+    jax.jit(functools.partial(train.eval_step, ema=config.ema_decay > 0)),
     state,
     test.images,
     test.labels,

@@ -40,8 +40,8 @@ TARGET_ACCURACY = 0.994  # The mission's bar; summary.json reports the first epo
 
 class TrainState(train_state.TrainState):
   batch_stats: Any  # BatchNorm running averages, updated by every train step.
-  # Exponential moving average of {'params', 'batch_stats'} (config.ema_decay); evaluation
-  # uses it when ema_decay > 0. With ema_decay = 0 it keeps the initial values, unused.
+  # Exponential moving average of {'params', 'batch_stats'} when config.ema_decay > 0, which
+  # evaluation then uses; None when it is 0 (nothing carried, saved or checksummed).
   ema: Any
 
 
@@ -131,7 +131,7 @@ def create_train_state(
     apply_fn=model.apply,
     params=variables['params'],
     batch_stats=variables['batch_stats'],
-    ema=jax.tree_util.tree_map(jnp.copy, dict(variables)),
+    ema=jax.tree_util.tree_map(jnp.copy, dict(variables)) if config.ema_decay > 0 else None,
     tx=tx,
   )
 

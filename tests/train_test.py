@@ -89,7 +89,9 @@ class TrainStepTest(chex.TestCase):
 class EmaTest(chex.TestCase):
   def setUp(self):
     super().setUp()
-    self.state = train.create_train_state(jax.random.key(0), mnist.get_config(), 100)
+    config = mnist.get_config()
+    config.ema_decay = 0.99
+    self.state = train.create_train_state(jax.random.key(0), config, 100)
     rng = np.random.default_rng(1)
     self.images = jnp.asarray(rng.integers(0, 256, (16, 28, 28), np.uint8))
     self.labels = jnp.asarray(rng.integers(0, 10, 16), jnp.int32)
@@ -100,6 +102,13 @@ class EmaTest(chex.TestCase):
     np.testing.assert_allclose(train.ema_update(ema, new, jnp.asarray(10**6), 0.9)['w'], 9.0)
     # At step 0 the cap (1 + 0) / (10 + 0) = 0.1 applies: 0.1 * 10 + 0.9 * 0.
     np.testing.assert_allclose(train.ema_update(ema, new, jnp.asarray(0), 0.999)['w'], 1.0)
+
+  def test_no_average_is_carried_when_off(self):
+    state = train.create_train_state(jax.random.key(0), mnist.get_config(), 100)
+    self.assertIsNone(state.ema)
+    chex.assert_trees_all_equal(state.params, self.state.ema['params'])  # Same init either way.
+    new, _ = train.train_step(state, self.images, self.labels, jax.random.key(2))
+    self.assertIsNone(new.ema)
 
   def test_step_moves_the_average_toward_the_new_weights_only_when_on(self):
     key = jax.random.key(2)
