@@ -24,7 +24,8 @@ class Layer:
   """One stage of the network.
 
   kind: 'conv' (conv -> BatchNorm -> ReLU), 'pool' (2x2 max-pool), 'gap' (global average
-  pool), 'dropout', or 'dense' (the final linear classifier, with bias).
+  pool), 'flatten' (keep the map's layout: a spatial head), 'dropout', or 'dense' (the final
+  linear classifier, with bias).
   """
 
   kind: str
@@ -39,6 +40,7 @@ def conv(features: int, kernel: int = 3, padding: str = 'SAME') -> Layer:
 
 POOL = Layer('pool', kernel=2)
 GAP = Layer('gap')
+FLATTEN = Layer('flatten')
 DROPOUT = Layer('dropout')
 HEAD = Layer('dense', 10)
 
@@ -70,6 +72,22 @@ ARCHITECTURES: dict[str, tuple[Layer, ...]] = {
     conv(16, 1),
     conv(32, 3, 'VALID'),
     GAP,
+    HEAD,
+  ),
+  # Spatial (19,290 params): the default up to the last 7x7 map, then a 16-channel VALID conv
+  # to 5x5 and a dense head on all 400 positions instead of GAP: the classifier sees where a
+  # stroke is, as the course net's Linear(256) head does (a probe in docs/experiments.md).
+  'spatial': (
+    conv(16),
+    conv(32),
+    POOL,
+    conv(16, 1),
+    conv(16),
+    conv(32),
+    POOL,
+    conv(16, 1),
+    conv(16, 3, 'VALID'),
+    FLATTEN,
     HEAD,
   ),
   # Tiny (7,442 params): the same plan at half the width (8/16 channels): ~3x fewer MACs.
@@ -129,6 +147,8 @@ class CNN(nn.Module):
         x = self.pool(x, layer.kernel)
       elif layer.kind == 'gap':
         x = jnp.mean(x, axis=(1, 2))
+      elif layer.kind == 'flatten':
+        x = x.reshape(x.shape[0], -1)
       elif layer.kind == 'dropout':
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
       elif layer.kind == 'dense':
@@ -201,12 +221,13 @@ def summary(model: CNN, image_shape=(28, 28, 1)) -> list[dict[str, Any]]:
       rf += (layer.kernel - 1) * jump
       if layer.kind == 'pool':
         jump *= layer.kernel
-    elif layer.kind == 'gap':  # Averages an HxW map: as if an HxW kernel.
+    elif layer.kind in ('gap', 'flatten'):  # Reads the whole HxW map: as if an HxW kernel.
       rf += (shape[1] - 1) * jump
     name = {
       'conv': f'conv{layer.kernel}x{layer.kernel}-bn-relu({layer.features})',
       'pool': 'maxpool2x2',
       'gap': 'global-avg-pool',
+      'flatten': 'flatten',
       'dropout': f'dropout({model.dropout_rate})',
       'dense': f'dense({layer.features})',
     }[layer.kind]
