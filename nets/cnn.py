@@ -88,6 +88,7 @@ ARCHITECTURES: dict[str, tuple[Layer, ...]] = {
     conv(16, 1),
     conv(16, 3, 'VALID'),
     FLATTEN,
+    DROPOUT,  # config.dropout_rate (0 = off).
     HEAD,
   ),
   # Tiny (7,442 params): the same plan at half the width (8/16 channels): ~3x fewer MACs.
