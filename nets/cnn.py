@@ -107,6 +107,20 @@ ARCHITECTURES: dict[str, tuple[Layer, ...]] = {
     GAP,
     HEAD,
   ),
+  # Tiny6s (6,122 params): tiny6 with the spatial head: a 6-channel VALID conv to 5x5 and a
+  # dense layer on its 150 values replace the 16-channel conv, GAP and dense(16) (a probe).
+  'tiny6s': (
+    conv(8),
+    conv(12),
+    POOL,
+    conv(8, 1),
+    conv(12),
+    conv(16),
+    POOL,
+    conv(6, 3, 'VALID'),
+    FLATTEN,
+    HEAD,
+  ),
   # Tiny10 (7,752 params): tiny with 10 channels in the first conv (a probe in
   # docs/experiments.md; it did not help).
   'tiny10': (conv(10), *_TINY[1:]),
