@@ -121,6 +121,19 @@ ARCHITECTURES: dict[str, tuple[Layer, ...]] = {
     FLATTEN,
     HEAD,
   ),
+  # Tiny5s (5,466 params): tiny6s with 12 instead of 16 channels in the last 14x14 conv (a probe).
+  'tiny5s': (
+    conv(8),
+    conv(12),
+    POOL,
+    conv(8, 1),
+    conv(12),
+    conv(12),
+    POOL,
+    conv(6, 3, 'VALID'),
+    FLATTEN,
+    HEAD,
+  ),
   # Tiny10 (7,752 params): tiny with 10 channels in the first conv (a probe in
   # docs/experiments.md; it did not help).
   'tiny10': (conv(10), *_TINY[1:]),
