@@ -121,6 +121,19 @@ ARCHITECTURES: dict[str, tuple[Layer, ...]] = {
     FLATTEN,
     HEAD,
   ),
+  # Tiny7s (6,994 params): tiny6s with tiny's 16 channels in the first 14x14 conv (a probe).
+  'tiny7s': (
+    conv(8),
+    conv(12),
+    POOL,
+    conv(8, 1),
+    conv(16),
+    conv(16),
+    POOL,
+    conv(6, 3, 'VALID'),
+    FLATTEN,
+    HEAD,
+  ),
   # Tiny5s (5,466 params): tiny6s with 12 instead of 16 channels in the last 14x14 conv (a probe).
   'tiny5s': (
     conv(8),
