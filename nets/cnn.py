@@ -134,6 +134,20 @@ ARCHITECTURES: dict[str, tuple[Layer, ...]] = {
     FLATTEN,
     HEAD,
   ),
+  # Tiny6h (6,202 params): tiny7s with a 4-channel head conv (dense on 100 values): the 14x14
+  # stage kept at 16 channels, the head made smaller instead (a probe).
+  'tiny6h': (
+    conv(8),
+    conv(12),
+    POOL,
+    conv(8, 1),
+    conv(16),
+    conv(16),
+    POOL,
+    conv(4, 3, 'VALID'),
+    FLATTEN,
+    HEAD,
+  ),
   # Tiny5s (5,466 params): tiny6s with 12 instead of 16 channels in the last 14x14 conv (a probe).
   'tiny5s': (
     conv(8),
