@@ -148,16 +148,16 @@ ARCHITECTURES: dict[str, tuple[Layer, ...]] = {
     FLATTEN,
     HEAD,
   ),
-  # Tiny5s (5,466 params): tiny6s with 12 instead of 16 channels in the last 14x14 conv (a probe).
-  'tiny5s': (
+  # Tiny5h (5,806 params): tiny6h with a 3-channel head conv (dense on 75 values) (a probe).
+  'tiny5h': (
     conv(8),
     conv(12),
     POOL,
     conv(8, 1),
-    conv(12),
-    conv(12),
+    conv(16),
+    conv(16),
     POOL,
-    conv(6, 3, 'VALID'),
+    conv(3, 3, 'VALID'),
     FLATTEN,
     HEAD,
   ),

@@ -10,7 +10,17 @@ from absl.testing import absltest, parameterized
 from nets import cnn
 
 # Asserted on purpose: a change to an architecture must update its count here (and the docs).
-EXPECTED_PARAMS = {'default': 17_946, 'tiny': 7_442, 'tiny6': 6_242, 'tiny10': 7_752, 'spatial': 19_290, 'tiny6s': 6_122, 'tiny5s': 5_466, 'tiny7s': 6_994, 'tiny6h': 6_202}
+EXPECTED_PARAMS = {
+  'default': 17_946,
+  'tiny': 7_442,
+  'tiny6': 6_242,
+  'tiny10': 7_752,
+  'spatial': 19_290,
+  'tiny6s': 6_122,
+  'tiny7s': 6_994,
+  'tiny6h': 6_202,
+  'tiny5h': 5_806,
+}
 
 
 class CnnTest(parameterized.TestCase):
