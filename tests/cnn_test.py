@@ -60,6 +60,17 @@ class CnnTest(parameterized.TestCase):
     table = cnn.format_summary(rows)
     self.assertIn('| total | | 17,946 | |', table)
 
+  @parameterized.named_parameters(('best', 'spatial', 16), ('tiny6', 'tiny6h', 4))
+  def test_spatial_head_reads_every_position_of_the_5x5_map(self, arch, channels):
+    model = cnn.build(arch)
+    rows = cnn.summary(model)
+    flat = next(r for r in rows if 'flatten' in r['layer'])
+    self.assertEqual(flat['output'], (5 * 5 * channels,))
+    params = cnn.init(model, jax.random.key(0))['params']
+    dense = params['Dense_0']['kernel']
+    chex.assert_shape(dense, (5 * 5 * channels, 10))  # One weight per position and channel.
+    self.assertEqual(rows[-1]['receptive_field'], 40)  # The head sees the whole map.
+
   def test_train_mode_updates_batch_stats_and_eval_is_deterministic(self):
     model = cnn.build('default')
     variables = cnn.init(model, jax.random.key(0))

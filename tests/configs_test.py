@@ -14,7 +14,7 @@ from tests import testutil
 CONFIG_DIR = os.path.join(testutil.REPO_ROOT, 'configs')
 
 # Issue 7's budgets: the tiny config under 8,000 parameters, every config under 20,000.
-BUDGETS = {'tiny.py': 8_000, 'tiny6.py': 8_000}
+BUDGETS = {'tiny.py': 8_000, 'tiny6.py': 6_260}  # tiny6: under the published record.
 DEFAULT_BUDGET = 20_000
 EPOCH_BUDGETS = {'tiny.py': 15, 'tiny6.py': 15, 'best.py': 15}
 
