@@ -63,6 +63,13 @@ def spatial_head(channels: int) -> tuple[Layer, ...]:
   return (conv(channels, 3, 'VALID'), FLATTEN, HEAD)
 
 
+# The default net up to its last 7x7 map (after the second 1x1 squeeze): 'default' and
+# 'spatial' differ only in the head.
+_DEFAULT_BODY = (conv(16), conv(32), POOL, conv(16, 1), conv(16), conv(32), POOL, conv(16, 1))
+
+# Tiny with 12 channels in the 28x28 conv and the first 14x14 conv, up to the last 7x7 map.
+_TINY6_BODY = (conv(8), conv(12), POOL, conv(8, 1), conv(12), conv(16), POOL)
+
 # Tiny with 12 channels in the second 28x28 conv, up to the last 7x7 map: the body of the
 # spatial-head tiny nets.
 _TINY_S_BODY = (conv(8), conv(12), *_TINY[2:7])
@@ -71,64 +78,19 @@ _TINY_S_BODY = (conv(8), conv(12), *_TINY[2:7])
 ARCHITECTURES: dict[str, tuple[Layer, ...]] = {
   # Default (17,946 params): widen to 32 channels at 28x28 and 14x14, squeeze back to 16 with
   # 1x1 convs after each pool, and end on a 5x5 map before GAP (receptive field 40 > 28).
-  'default': (
-    conv(16),
-    conv(32),
-    POOL,
-    conv(16, 1),
-    conv(16),
-    conv(32),
-    POOL,
-    conv(16, 1),
-    conv(32, 3, 'VALID'),
-    GAP,
-    HEAD,
-  ),
+  'default': (*_DEFAULT_BODY, conv(32, 3, 'VALID'), GAP, HEAD),
   # Spatial (19,290 params, configs/best.py): the default up to the last 7x7 map, then a
   # 16-channel VALID conv to 5x5 and a dense head on all 400 values instead of GAP: the
   # classifier sees where a stroke is, as the course net's Linear(256) head does.
-  'spatial': (
-    conv(16),
-    conv(32),
-    POOL,
-    conv(16, 1),
-    conv(16),
-    conv(32),
-    POOL,
-    conv(16, 1),
-    conv(16, 3, 'VALID'),
-    FLATTEN,
-    DROPOUT,  # config.dropout_rate (0 = off).
-    HEAD,
-  ),
+  'spatial': (*_DEFAULT_BODY, conv(16, 3, 'VALID'), FLATTEN, DROPOUT, HEAD),  # config.dropout_rate
   # Tiny (7,442 params): the same plan at half the width (8/16 channels): ~3x fewer MACs.
   'tiny': _TINY,
   # Tiny6 (6,242 params): tiny with 12 instead of 16 channels in the 28x28 conv and the first
   # 14x14 conv, GAP head: did not hold the tiny bar (a probe in docs/experiments.md).
-  'tiny6': (
-    conv(8),
-    conv(12),
-    POOL,
-    conv(8, 1),
-    conv(12),
-    conv(16),
-    POOL,
-    conv(16, 3, 'VALID'),
-    GAP,
-    HEAD,
-  ),
+  'tiny6': (*_TINY6_BODY, conv(16, 3, 'VALID'), GAP, HEAD),
   # Tiny6s (6,122 params): tiny6 with the spatial head: a 6-channel VALID conv to 5x5 and a
   # dense layer on its 150 values replace the 16-channel conv, GAP and dense(16) (a probe).
-  'tiny6s': (
-    conv(8),
-    conv(12),
-    POOL,
-    conv(8, 1),
-    conv(12),
-    conv(16),
-    POOL,
-    *spatial_head(6),
-  ),
+  'tiny6s': (*_TINY6_BODY, *spatial_head(6)),
   # Tiny7s (6,994 params): tiny6s with tiny's 16 channels in the first 14x14 conv (a probe).
   'tiny7s': (*_TINY_S_BODY, *spatial_head(6)),
   # Tiny6h (6,202 params, configs/tiny6.py): tiny7s with a 4-channel head conv (dense on 100
