@@ -549,14 +549,17 @@ def default_steps_per_call(steps_per_epoch: int) -> tuple[int, bool]:
   return steps_per_epoch, False
 
 
-def seconds_to_target(history: list[dict[str, Any]], target: float) -> float | None:
-  """Training seconds (compile and evaluation excluded) until test accuracy first >= target."""
+def first_at_target(
+  history: list[dict[str, Any]], target: float
+) -> tuple[int, float] | tuple[None, None]:
+  """(epoch, training seconds up to its end) of the first epoch whose test accuracy >= target;
+  the seconds exclude compile and evaluation. (None, None) if no epoch reached it."""
   seconds = 0.0
   for record in history:
     seconds += record['train_seconds']
     if record['test_accuracy'] >= target:
-      return seconds
-  return None
+      return record['epoch'], seconds
+  return None, None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -728,7 +731,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   )
   history = log.history
   accs = [r['test_accuracy'] for r in history]
-  reached = [r['epoch'] for r in history if r['test_accuracy'] >= TARGET_ACCURACY]
+  first_epoch, seconds_to_target = first_at_target(history, TARGET_ACCURACY)
   summary = {
     'params': num_params,
     'arch': config.arch,
@@ -739,8 +742,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     'final_test_accuracy': test_metrics['accuracy'],
     'mean_last3_test_accuracy': float(np.mean(accs[-3:])) if accs else None,
     'min_last3_test_accuracy': min(accs[-3:]) if accs else None,
-    'first_epoch_at_target': reached[0] if reached else None,
-    'train_seconds_to_target': seconds_to_target(history, TARGET_ACCURACY),
+    'first_epoch_at_target': first_epoch,
+    'train_seconds_to_target': seconds_to_target,
     'target_accuracy': TARGET_ACCURACY,
     'train_seconds': sum(r['train_seconds'] for r in history),
     'compile_seconds': compile_seconds,

@@ -135,17 +135,17 @@ class EmaTest(chex.TestCase):
     self.assertNotAlmostEqual(float(raw['loss_sum']), float(ema['loss_sum']), places=3)
 
 
-class SecondsToTargetTest(absltest.TestCase):
-  def test_sums_training_time_up_to_the_first_epoch_at_the_target(self):
+class FirstAtTargetTest(absltest.TestCase):
+  def test_first_epoch_and_training_time_up_to_it(self):
     history = [
-      {'train_seconds': 2.0, 'test_accuracy': 0.990},
-      {'train_seconds': 3.0, 'test_accuracy': 0.995},
-      {'train_seconds': 4.0, 'test_accuracy': 0.991},
-      {'train_seconds': 5.0, 'test_accuracy': 0.996},
+      {'epoch': 1, 'train_seconds': 2.0, 'test_accuracy': 0.990},
+      {'epoch': 2, 'train_seconds': 3.0, 'test_accuracy': 0.995},
+      {'epoch': 3, 'train_seconds': 4.0, 'test_accuracy': 0.991},
+      {'epoch': 4, 'train_seconds': 5.0, 'test_accuracy': 0.996},
     ]
-    self.assertEqual(train.seconds_to_target(history, 0.994), 5.0)
-    self.assertEqual(train.seconds_to_target(history, 0.996), 14.0)
-    self.assertIsNone(train.seconds_to_target(history, 0.999))
+    self.assertEqual(train.first_at_target(history, 0.994), (2, 5.0))
+    self.assertEqual(train.first_at_target(history, 0.996), (4, 14.0))
+    self.assertEqual(train.first_at_target(history, 0.999), (None, None))
 
 
 class ConfigValidationTest(parameterized.TestCase):
