@@ -8,7 +8,9 @@ JAX trains nets.cnn 'default' with train.train_step / train.train_steps (data on
 the driving loop of train.train_and_evaluate: a jitted, donated `lax.scan` over
 `steps_per_call` steps, the whole epoch on accelerators). PyTorch trains bench/torch_cnn.py,
 the same network (parameter count asserted), with the same batch size, the same MNIST images
-and SGD + Nesterov momentum, one optimizer.step() per batch, as its users write it.
+and SGD + Nesterov momentum, one optimizer.step() per batch, as its users write it. When JAX
+runs on a GPU, PyTorch runs on it too (--torch_device): data set on the GPU, cuDNN autotuning
+on, the loss summed on the device (one sync per round, as the JAX side).
 
 Timed rounds alternate between the frameworks (JAX, PyTorch, PyTorch, JAX, ...), so a load
 that comes and goes hits both alike; the medians over rounds are reported, compile time
@@ -18,6 +20,7 @@ apart, and the ratio JAX / PyTorch. The JSON (--out) records every round and the
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -33,6 +36,7 @@ sys.path[:0] = [REPO, BENCH]  # The trainer's modules and torch_cnn.py.
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('data_dir', os.path.join(REPO, '..', 'shared', 'mnist'), 'MNIST IDX folder.')
+flags.DEFINE_string('arch', 'default', 'nets.cnn.ARCHITECTURES key, trained on both sides.')
 flags.DEFINE_integer('batch_size', 128, 'Training batch size (both frameworks).')
 flags.DEFINE_integer('eval_batch_size', 1000, 'Evaluation batch size (both frameworks).')
 flags.DEFINE_integer('rounds', 5, 'Timed rounds per framework (the median is reported).')
@@ -50,6 +54,12 @@ flags.DEFINE_list(
 flags.DEFINE_bool('augment', False, 'Random rotation (7 deg) and shift (2 px) on both sides.')
 flags.DEFINE_bool('torch', True, 'Time PyTorch beside JAX (needs the `bench` extra).')
 flags.DEFINE_enum('torch_loader', 'slice', ['slice', 'dataloader'], 'How PyTorch gets batches.')
+flags.DEFINE_enum(
+  'torch_device',
+  'auto',
+  ['auto', 'cpu', 'cuda'],
+  "PyTorch's device; auto = cuda when JAX runs on a GPU and torch sees one, else cpu.",
+)
 flags.DEFINE_list(
   'torch_threads', ['0', '1'], 'PyTorch intra-op thread counts to time; 0 = the core count.'
 )
@@ -58,7 +68,6 @@ flags.DEFINE_string('xla_flags', None, 'XLA_FLAGS for this run (default: bench d
 flags.DEFINE_string('out', '', 'Write the results as JSON here.')
 flags.DEFINE_integer('seed', 0, 'Seeds init, shuffling and augmentation (both sides).')
 
-ARCH = 'default'
 MAX_DEGREES, MAX_SHIFT = 7.0, 2.0  # configs/mnist.py's augmentation, used with --augment.
 
 
@@ -99,6 +108,7 @@ class JaxSide:
 
     self.jax, self.train = jax, train
     config = mnist.get_config()
+    config.arch = FLAGS.arch
     config.batch_size, config.eval_batch_size, config.seed = batch_size, eval_batch_size, seed
     config.max_degrees = MAX_DEGREES if augment else 0.0
     config.max_shift = MAX_SHIFT if augment else 0.0
@@ -115,7 +125,7 @@ class JaxSide:
     self.state = train.create_train_state(init_rng, config, self.steps_per_epoch)
     if model == 'flaxpool':  # The pooling nets/cnn.py used before its reshape max-pool.
       flax_pool = lambda x, k: nn.max_pool(x, (k, k), strides=(k, k))  # noqa: E731
-      model_def = cnn.CNN(layers=cnn.ARCHITECTURES[ARCH], pool=flax_pool)
+      model_def = cnn.CNN(layers=cnn.ARCHITECTURES[FLAGS.arch], pool=flax_pool)
       self.state = self.state.replace(apply_fn=model_def.apply)
     self.num_params = sum(x.size for x in jax.tree_util.tree_leaves(self.state.params))
     # As train.train_and_evaluate: one 'data' axis over every device, batch sharded, state and
@@ -198,7 +208,9 @@ class JaxSide:
 class TorchSide:
   """bench/torch_cnn.py trained the way its users write it: one optimizer.step() per batch."""
 
-  def __init__(self, data, batch_size, eval_batch_size, loader, augment, seed, threads, config):
+  def __init__(
+    self, data, batch_size, eval_batch_size, loader, augment, seed, threads, config, device
+  ):
     import torch
     import torch.nn.functional as F
     import torch_cnn
@@ -206,19 +218,28 @@ class TorchSide:
     import input_pipeline
 
     self.torch, self.F, self.torch_cnn = torch, F, torch_cnn
-    self.threads = threads
+    self.threads, self.device = threads, torch.device(device)
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    self.generator = torch.Generator().manual_seed(seed)
-    self.model = torch_cnn.build(ARCH)
+    if self.device.type == 'cuda':
+      # What a PyTorch user after speed sets: cuDNN times its convolution algorithms once and
+      # keeps the fastest for these fixed shapes.
+      torch.backends.cudnn.benchmark = True
+    self.generator = torch.Generator().manual_seed(seed)  # CPU: shuffles and augmentation.
+    self.model = torch_cnn.build(FLAGS.arch).to(self.device)
     self.num_params = torch_cnn.count_params(self.model)
     self.batch_size, self.eval_batch_size, self.augment = batch_size, eval_batch_size, augment
     self.mean, self.std = input_pipeline.PIXEL_MEAN, input_pipeline.PIXEL_STD
-    # Images as [0, 1] floats in memory (ToTensor), normalised per batch (Normalize).
-    self.train_x = torch.from_numpy(data['train'].images.copy()).float().div_(255).unsqueeze(1)
-    self.train_y = torch.from_numpy(data['train'].labels).long()
-    self.test_x = torch.from_numpy(data['test'].images.copy()).float().div_(255).unsqueeze(1)
-    self.test_y = torch.from_numpy(data['test'].labels).long()
+
+    # Images as [0, 1] floats in memory (ToTensor), normalised per batch (Normalize); on a GPU
+    # the whole set lives on it (188 MB as float32), as the JAX side's does.
+    def tensor(a):
+      return torch.from_numpy(a.copy()).to(self.device)
+
+    self.train_x = tensor(data['train'].images).float().div_(255).unsqueeze(1)
+    self.train_y = tensor(data['train'].labels).long()
+    self.test_x = tensor(data['test'].images).float().div_(255).unsqueeze(1)
+    self.test_y = tensor(data['test'].labels).long()
     self.steps_per_epoch = len(self.train_y) // batch_size
     self.optimizer = torch.optim.SGD(
       self.model.parameters(),
@@ -243,7 +264,7 @@ class TorchSide:
       if self.loader_kind == 'dataloader':
         self.batches = iter(self.loader)
       else:
-        perm = torch.randperm(len(self.train_y), generator=self.generator)
+        perm = torch.randperm(len(self.train_y), generator=self.generator).to(self.device)
         n, b = self.steps_per_epoch, self.batch_size
         self.batches = ((self.train_x[i], self.train_y[i]) for i in perm[: n * b].view(n, b))
       return next(self.batches)
@@ -254,7 +275,7 @@ class TorchSide:
     self.model.train()
     c0 = time.process_time()
     t0 = time.perf_counter()
-    loss_sum = 0.0
+    loss_sum = torch.zeros((), device=self.device)  # Summed on the device: no sync per step.
     for _ in range(steps):
       x, y = self._next_batch()
       if self.augment:
@@ -264,10 +285,11 @@ class TorchSide:
       loss = F.cross_entropy(self.model(x), y)
       loss.backward()
       self.optimizer.step()
-      loss_sum += loss.item()
+      loss_sum += loss.detach()
+    loss_sum = loss_sum.item()  # Waits for the device's queue to drain.
     seconds = time.perf_counter() - t0
     self.last_cpu_seconds = time.process_time() - c0
-    if not torch.isfinite(torch.tensor(loss_sum)):
+    if not math.isfinite(loss_sum):
       raise FloatingPointError('PyTorch training diverged during the benchmark.')
     self.last_train = {'loss': loss_sum / steps, 'steps': steps}
     return seconds
@@ -282,8 +304,9 @@ class TorchSide:
       for i in range(0, len(self.test_y), self.eval_batch_size):
         x = (self.test_x[i : i + self.eval_batch_size] - self.mean) / self.std
         correct += (self.model(x).argmax(1) == self.test_y[i : i + self.eval_batch_size]).sum()
+      correct = int(correct)  # Waits for the device.
     seconds = time.perf_counter() - t0
-    self.last_eval = {'accuracy': int(correct) / len(self.test_y)}
+    self.last_eval = {'accuracy': correct / len(self.test_y)}
     return seconds
 
 
@@ -328,9 +351,18 @@ def main(argv):
   round_steps = FLAGS.round_steps or (64 if jax.default_backend() == 'cpu' else jx.steps_per_epoch)
   round_steps = max(jx.chunk, round_steps // jx.chunk * jx.chunk)  # Whole JAX calls.
   torch_threads = sorted({int(t) or os.cpu_count() for t in FLAGS.torch_threads}, reverse=True)
+  torch_device = None
   if FLAGS.torch:
     import torch
 
+    torch_device = FLAGS.torch_device
+    if torch_device == 'auto':
+      on_gpu = jax.default_backend() == 'gpu' and torch.cuda.is_available()
+      torch_device = 'cuda' if on_gpu else 'cpu'
+    if torch_device == 'cuda':
+      if not torch.cuda.is_available():
+        raise app.UsageError(f'--torch_device=cuda, but torch {torch.__version__} sees no GPU.')
+      torch_threads = torch_threads[:1]  # The GPU does the work; one side is enough.
     for threads in torch_threads:
       th = TorchSide(
         data,
@@ -341,11 +373,13 @@ def main(argv):
         FLAGS.seed,
         threads,
         jx.config,
+        torch_device,
       )
       if th.num_params != jx.num_params:
         raise AssertionError(f'PyTorch net has {th.num_params:,} params, flax {jx.num_params:,}.')
-      sides[f'torch:{threads}t'] = th
-    print(f'PyTorch {torch.__version__}, threads {torch_threads}, same parameter count.')
+      sides['torch:cuda' if torch_device == 'cuda' else f'torch:{threads}t'] = th
+    where = torch.cuda.get_device_name() if torch_device == 'cuda' else f'threads {torch_threads}'
+    print(f'PyTorch {torch.__version__} on {torch_device} ({where}), same parameter count.')
 
   # Warm-up (untimed): first calls allocate and, for PyTorch, pick kernels.
   for side in sides.values():
@@ -389,7 +423,7 @@ def main(argv):
   if FLAGS.torch:
     # Against PyTorch at the core count (its default) and against its fastest thread count:
     # on a loaded machine PyTorch's OpenMP threads can collapse, so the second is the honest one.
-    default_torch = f'torch:{os.cpu_count()}t'
+    default_torch = 'torch:cuda' if torch_device == 'cuda' else f'torch:{os.cpu_count()}t'
     best_torch = max(
       (n for n in sides if n.startswith('torch')),
       key=lambda n: results[n]['train']['images_per_s'],
@@ -439,6 +473,8 @@ def main(argv):
       'jax_variants': FLAGS.jax,
       'torch_loader': FLAGS.torch_loader,
       'torch_threads': torch_threads if FLAGS.torch else None,
+      'torch_device': torch_device,
+      'arch': FLAGS.arch,
       'params': jx.num_params,
     },
     'results': results,

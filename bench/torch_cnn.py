@@ -2,8 +2,9 @@
 
 Built from the same `nets.cnn.Layer` specs, so the two networks cannot drift apart: conv
 (no bias) -> BatchNorm -> ReLU, 2x2 max-pool, 1x1 convs, a VALID 3x3 conv, global average
-pool and a Linear head. PyTorch's BatchNorm `momentum` is the weight of the new batch, so
-flax's 0.9 (the weight of the old average) is 0.1 here; both use eps 1e-5.
+pool or a flatten (the spatial heads) and a Linear head. PyTorch's BatchNorm `momentum` is the
+weight of the new batch, so flax's 0.9 (the weight of the old average) is 0.1 here; both use
+eps 1e-5.
 
 Importing this module imports torch (the optional `bench` extra: pip install torch==2.13.0).
 """
@@ -23,9 +24,15 @@ from nets import cnn
 class TorchCNN(nn.Module):
   """nets.cnn.CNN in PyTorch, NCHW (PyTorch's default layout, as its users write it)."""
 
-  def __init__(self, layers: Sequence[cnn.Layer], bn_momentum: float = 0.9, in_channels: int = 1):
+  def __init__(
+    self,
+    layers: Sequence[cnn.Layer],
+    bn_momentum: float = 0.9,
+    in_channels: int = 1,
+    image_size: int = 28,
+  ):
     super().__init__()
-    modules, channels = [], in_channels
+    modules, channels, size = [], in_channels, image_size  # size: the square map's side.
     for layer in layers:
       if layer.kind == 'conv':
         pad = (layer.kernel - 1) // 2 if layer.padding == 'SAME' else 0
@@ -35,10 +42,18 @@ class TorchCNN(nn.Module):
           nn.ReLU(inplace=True),
         ]
         channels = layer.features
+        size = size if layer.padding == 'SAME' else size - layer.kernel + 1
       elif layer.kind == 'pool':
         modules.append(nn.MaxPool2d(layer.kernel))
+        size //= layer.kernel
       elif layer.kind == 'gap':
         modules += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        size = 1
+      elif layer.kind == 'flatten':
+        # NCHW order, not flax's HWC: the same function class and parameter count (the
+        # benchmark trains both from scratch; no weights cross between them).
+        modules.append(nn.Flatten())
+        channels, size = channels * size * size, 1
       elif layer.kind == 'dropout':
         modules.append(nn.Identity())  # The benchmark runs without dropout (rate 0).
       elif layer.kind == 'dense':
@@ -71,6 +86,7 @@ def augment(
   PyTorch user who augments on the tensor batch would write it.
   """
   b, _, h, w = x.shape
+  # Drawn from the (CPU) generator, then moved: the same numbers on any device.
   angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(max_degrees)
   shift = (torch.rand(b, 2, generator=generator) * 2 - 1) * max_shift
   cos, sin = torch.cos(angle), torch.sin(angle)
@@ -81,6 +97,6 @@ def augment(
       torch.stack([sin, cos, -2 * shift[:, 0] / h], 1),
     ],
     1,
-  )
+  ).to(x.device)
   grid = F.affine_grid(theta, list(x.shape), align_corners=False)
   return F.grid_sample(x, grid, mode='bilinear', padding_mode='zeros', align_corners=False)

@@ -66,12 +66,26 @@ def main() -> int:
   parser.add_argument('--config', default='configs/mnist.py')
   parser.add_argument('--seeds', default='0,1,2,3,4')
   parser.add_argument('--root', required=True, help='Workdirs go to ROOT/seed<N>.')
+  parser.add_argument(
+    '--table_only',
+    action='store_true',
+    help='Train nothing: build the table from the runs ROOT/seed<N>/summary.json already holds '
+    '(e.g. seeds trained at once on one GPU by scripts/gpu_check.sh).',
+  )
   args, extra = parser.parse_known_args()
   extra = [a for a in extra if a != '--']
   seeds = [int(s) for s in args.seeds.split(',')]
   summaries = []
   for seed in seeds:
     workdir = os.path.join(args.root, f'seed{seed}')
+    if args.table_only:
+      try:
+        with open(os.path.join(workdir, 'summary.json')) as f:
+          summaries.append(json.load(f))
+      except FileNotFoundError:
+        print(f'seed {seed}: no finished run in {workdir} (no summary.json).', file=sys.stderr)
+        return 1
+      continue
     cmd = [
       sys.executable,
       os.path.join(REPO, 'train.py'),

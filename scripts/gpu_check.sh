@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Issue 4's GPU figures in one call (a lent H100/H200 comes for minutes, not hours):
+#
+#   OUT=/tmp/gpu DATA=../shared/mnist bash scripts/gpu_check.sh [CONFIG ...]   # default: mnist
+#
+# For each configs/CONFIG.py: seed 0 trains alone on the GPU (its seconds per epoch, images/s
+# and training seconds to 99.4 % are the timing figures), then seeds 1-4 train at once on the
+# same GPU (their accuracy counts; their seconds do not: they shared the chip). Then
+# bench/bench.py times JAX beside PyTorch on that GPU (same net, batch 128, data on the GPU).
+# Writes under OUT: env.txt (GPU, versions), CONFIG.md (seed table), bench.json, and
+# runs.tar.gz (every run's metrics, summary and log; no checkpoints). PYTHON picks the
+# interpreter (default python3); TRAIN_ARGS go to every train.py, BENCH_ARGS to bench.py (a dry
+# run on a CPU: TRAIN_ARGS='--config.num_epochs=1' BENCH_ARGS='--rounds=1'). Wheels in .whl/ (ignored by git: e.g. ml_collections for a
+# machine that lacks it) are installed to a temporary folder first; wheels in .whl/pins/ (this
+# repo's tested flax/optax/orbax/chex) only if a first run fails with the machine's own.
+set -uo pipefail
+OUT=${OUT:?set OUT to a folder for the results}
+DATA=${DATA:-../shared/mnist}
+PY=${PYTHON:-python3}
+TRAIN_ARGS=${TRAIN_ARGS:-}
+export PYTHONUNBUFFERED=1
+configs=("$@")
+[ ${#configs[@]} -eq 0 ] && configs=(mnist)
+mkdir -p "$OUT"
+W=$(mktemp -d)
+
+if compgen -G '.whl/*.whl' >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+  $PY - <<'EOF'
+import importlib, platform
+print('python', platform.python_version())
+for m in ('jax', 'jaxlib', 'flax', 'optax', 'orbax.checkpoint', 'chex', 'ml_collections', 'torch'):
+  try:
+    print(m, getattr(importlib.import_module(m), '__version__', '?'))
+  except Exception as e:  # noqa: BLE001 - a report, not a check
+    print(m, 'missing:', e)
+import jax
+print('devices', jax.devices())
+EOF
+} >"$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+train() {  # train CONFIG SEED: one run into $W/CONFIG/seedSEED, its log beside it.
+  mkdir -p "$W/$1/seed$2"
+  $PY train.py --config="configs/$1.py" --workdir="$W/$1/seed$2" --config.data_dir="$DATA" \
+    --config.seed="$2" --config.plots=False $TRAIN_ARGS >"$W/$1/seed$2/log.txt" 2>&1
+}
+
+vars="W='$W' DATA='$DATA' PY='$PY' TRAIN_ARGS='$TRAIN_ARGS'"
+for c in "${configs[@]}"; do
+  t0=$(date +%s%N)
+  if ! timeout 240 bash -c "$(declare -f train); $vars train $c 0"; then
+    echo "$c seed 0 failed:"; tail -30 "$W/$c/seed0/log.txt"
+    # The machine's flax/optax/orbax may not be the versions this repo was tested with: if
+    # .whl/pins/ holds those, put them first on the path and try once more.
+    compgen -G '.whl/pins/*.whl' >/dev/null && [ -z "${PINNED:-}" ] || continue
+    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/pins/*.whl
+    export PINNED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    echo "retrying with the pinned wheels of .whl/pins: $(ls .whl/pins | tr '\n' ' ')"
+    rm -rf "$W/$c/seed0"
+    timeout 240 bash -c "$(declare -f train); $vars train $c 0" || {
+      tail -30 "$W/$c/seed0/log.txt"; continue; }
+  fi
+  echo "$c seed 0 alone: $(( ($(date +%s%N) - t0) / 1000000 )) ms wall, process start to end"
+  grep -E 'Compiled|epoch +[0-9]+ ' "$W/$c/seed0/log.txt" | sed 's/^.*\] //'
+  for s in 1 2 3 4; do  # At once: each takes a slice of the GPU's memory, not 75 % of it.
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.15 timeout 300 \
+      bash -c "$(declare -f train); $vars train $c $s" &
+  done
+  wait
+  done_seeds=()
+  for s in 0 1 2 3 4; do
+    if [ -f "$W/$c/seed$s/summary.json" ]; then done_seeds+=("$s"); else
+      echo "$c seed $s did not finish:"; tail -5 "$W/$c/seed$s/log.txt"
+    fi
+  done
+  seed_list=$(IFS=,; echo "${done_seeds[*]}")
+  $PY scripts/seeds.py --table_only --seeds="$seed_list" --root="$W/$c" | tee "$OUT/$c.md"
+  tar czf "$OUT/runs.tar.gz" -C "$W" --exclude=checkpoints .  # Now: a later step may time out.
+
+  if [ "$c" = "${configs[0]}" ]; then  # The benchmark once, after the first config's runs.
+    timeout 240 $PY bench/bench.py --data_dir="$DATA" --rounds=5 ${BENCH_ARGS:-} \
+      --out="$OUT/bench.json" 2>&1 | grep -v -E '^(I|W)[0-9]{4} '
+  fi
+done
+echo "results in $OUT: $(ls "$OUT" | tr '\n' ' ')"

@@ -1,0 +1,53 @@
+"""scripts/seeds.py --table_only: the seed table from finished runs, with no training."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from absl.testing import absltest
+
+from scripts import seeds
+from tests import testutil
+
+SCRIPT = os.path.join(testutil.REPO_ROOT, 'scripts', 'seeds.py')
+TINY_RUNS = os.path.join(testutil.REPO_ROOT, 'docs', 'runs', 'tiny')
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=60)
+
+
+class TableOnlyTest(absltest.TestCase):
+  def test_table_holds_each_finished_run_in_seed_order(self):
+    root = self.create_tempdir().full_path
+    for seed in (3, 0):
+      shutil.copytree(os.path.join(TINY_RUNS, f'seed{seed}'), os.path.join(root, f'seed{seed}'))
+    proc = _run('--table_only', '--seeds=3,0', f'--root={root}')
+    self.assertEqual(proc.returncode, 0, proc.stderr)
+    summaries = []
+    for seed in (3, 0):
+      with open(os.path.join(root, f'seed{seed}', 'summary.json')) as f:
+        summaries.append(json.load(f))
+    rows = [
+      line
+      for line in proc.stdout.splitlines()
+      if line.startswith('| 3 ') or line.startswith('| 0 ')
+    ]
+    self.assertEqual(rows, [seeds.row(s) for s in summaries])
+    self.assertIn(seeds.footer(summaries), proc.stdout)
+    with open(os.path.join(root, 'table.md')) as f:
+      self.assertIn(seeds.row(summaries[0]), f.read())
+    self.assertFalse(os.path.exists(os.path.join(root, 'seed3', 'checkpoints')))  # Trained none.
+
+  def test_a_missing_run_is_an_error_not_a_training(self):
+    root = self.create_tempdir().full_path
+    proc = _run('--table_only', '--seeds=7', f'--root={root}')
+    self.assertEqual(proc.returncode, 1)
+    self.assertIn('seed 7: no finished run', proc.stderr)
+    self.assertEqual(os.listdir(root), [])
+
+
+if __name__ == '__main__':
+  absltest.main()
