@@ -10,7 +10,9 @@
 # Writes under OUT: env.txt (GPU, versions), CONFIG.md (seed table), bench.json, and
 # runs.tar.gz (every run's metrics, summary and log; no checkpoints). PYTHON picks the
 # interpreter (default python3); TRAIN_ARGS go to every train.py, BENCH_ARGS to bench.py (a dry
-# run on a CPU: TRAIN_ARGS='--config.num_epochs=1' BENCH_ARGS='--rounds=1'). Wheels in .whl/ (ignored by git: e.g. ml_collections for a
+# run on a CPU: TRAIN_ARGS='--config.num_epochs=1' BENCH_ARGS='--rounds=1'); SOLO=1 trains
+# seeds 1-4 one after another instead (each alone: all seeds' seconds count); BENCH=0 skips
+# the benchmark. Wheels in .whl/ (ignored by git: e.g. ml_collections for a
 # machine that lacks it) are installed to a temporary folder first; wheels in .whl/pins/ (this
 # repo's tested flax/optax/orbax/chex) only if a first run fails with the machine's own.
 set -uo pipefail
@@ -69,8 +71,12 @@ for c in "${configs[@]}"; do
   echo "$c seed 0 alone: $(( ($(date +%s%N) - t0) / 1000000 )) ms wall, process start to end"
   grep -E 'Compiled|epoch +[0-9]+ ' "$W/$c/seed0/log.txt" | sed 's/^.*\] //'
   for s in 1 2 3 4; do  # At once: each takes a slice of the GPU's memory, not 75 % of it.
-    XLA_PYTHON_CLIENT_MEM_FRACTION=0.15 timeout 300 \
-      bash -c "$(declare -f train); $vars train $c $s" &
+    if [ -n "${SOLO:-}" ]; then  # Or one after another, alone: every seed's seconds count.
+      timeout 240 bash -c "$(declare -f train); $vars train $c $s"
+    else
+      XLA_PYTHON_CLIENT_MEM_FRACTION=0.15 timeout 300 \
+        bash -c "$(declare -f train); $vars train $c $s" &
+    fi
   done
   wait
   done_seeds=()
@@ -83,7 +89,7 @@ for c in "${configs[@]}"; do
   $PY scripts/seeds.py --table_only --seeds="$seed_list" --root="$W/$c" | tee "$OUT/$c.md"
   tar czf "$OUT/runs.tar.gz" -C "$W" --exclude=checkpoints .  # Now: a later step may time out.
 
-  if [ "$c" = "${configs[0]}" ]; then  # The benchmark once, after the first config's runs.
+  if [ "$c" = "${configs[0]}" ] && [ "${BENCH:-1}" != 0 ]; then  # Once, after the first.
     timeout 240 $PY bench/bench.py --data_dir="$DATA" --rounds=5 ${BENCH_ARGS:-} \
       --out="$OUT/bench.json" 2>&1 | grep -v -E '^(I|W)[0-9]{4} '
   fi
