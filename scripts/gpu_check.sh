@@ -8,13 +8,17 @@
 # same GPU (their accuracy counts; their seconds do not: they shared the chip). Then
 # bench/bench.py times JAX beside PyTorch on that GPU (same net, batch 128, data on the GPU).
 # Writes under OUT: env.txt (GPU, versions), CONFIG.md (seed table), bench.json, and
-# runs.tar.gz (every run's metrics, summary and log; no checkpoints). PYTHON picks the
-# interpreter (default python3); TRAIN_ARGS go to every train.py, BENCH_ARGS to bench.py (a dry
-# run on a CPU: TRAIN_ARGS='--config.num_epochs=1' BENCH_ARGS='--rounds=1'); SOLO=1 trains
-# seeds 1-4 one after another instead (each alone: all seeds' seconds count); BENCH=0 skips
-# the benchmark. Wheels in .whl/ (ignored by git: e.g. ml_collections for a
-# machine that lacks it) are installed to a temporary folder first; wheels in .whl/pins/ (this
-# repo's tested flax/optax/orbax/chex) only if a first run fails with the machine's own.
+# runs.tar.gz (every run's metrics, summary and log; no checkpoints).
+#
+# Settings (environment): PYTHON, the interpreter (default python3); TRAIN_ARGS, added to every
+# train.py; BENCH_ARGS, added to bench.py; SOLO=1 trains seeds 1-4 one after another, each
+# alone, so every seed's seconds count; SEEDS='1 2' picks the seeds after 0 (SEEDS=' ': seed 0
+# only); BENCH=0 skips the benchmark. A dry run on a CPU:
+#   OUT=/tmp/dry DATA=../shared/mnist PYTHON=python TRAIN_ARGS='--config.num_epochs=1' \
+#     BENCH_ARGS='--rounds=1 --round_steps=8' bash scripts/gpu_check.sh
+# A machine with no package index: wheels in .whl/ (ignored by git; the H200 image lacked
+# ml_collections and tensorboardX) are installed to a temporary folder first, and those in
+# .whl/pins/ (this repo's tested flax/optax/orbax/chex) only if a first run fails without them.
 set -uo pipefail
 OUT=${OUT:?set OUT to a folder for the results}
 DATA=${DATA:-../shared/mnist}
@@ -70,7 +74,7 @@ for c in "${configs[@]}"; do
   fi
   echo "$c seed 0 alone: $(( ($(date +%s%N) - t0) / 1000000 )) ms wall, process start to end"
   grep -E 'Compiled|epoch +[0-9]+ ' "$W/$c/seed0/log.txt" | sed 's/^.*\] //'
-  for s in 1 2 3 4; do  # At once: each takes a slice of the GPU's memory, not 75 % of it.
+  for s in ${SEEDS:-1 2 3 4}; do  # At once: each takes a slice of the GPU's memory, not 75 % of it.
     if [ -n "${SOLO:-}" ]; then  # Or one after another, alone: every seed's seconds count.
       timeout 240 bash -c "$(declare -f train); $vars train $c $s"
     else
@@ -80,7 +84,7 @@ for c in "${configs[@]}"; do
   done
   wait
   done_seeds=()
-  for s in 0 1 2 3 4; do
+  for s in 0 ${SEEDS:-1 2 3 4}; do
     if [ -f "$W/$c/seed$s/summary.json" ]; then done_seeds+=("$s"); else
       echo "$c seed $s did not finish:"; tail -5 "$W/$c/seed$s/log.txt"
     fi
