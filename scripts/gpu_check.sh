@@ -16,9 +16,10 @@
 # only); BENCH=0 skips the benchmark. A dry run on a CPU:
 #   OUT=/tmp/dry DATA=../shared/mnist PYTHON=python TRAIN_ARGS='--config.num_epochs=1' \
 #     BENCH_ARGS='--rounds=1 --round_steps=8' bash scripts/gpu_check.sh
-# A machine with no package index: wheels in .whl/ (ignored by git; the H200 image lacked
-# ml_collections and tensorboardX) are installed to a temporary folder first, and those in
-# .whl/pins/ (this repo's tested flax/optax/orbax/chex) only if a first run fails without them.
+# A machine with no package index: wheels in WHEELS (default .whl/, ignored by git; the H200
+# image lacked ml_collections and tensorboardX) are installed to a temporary folder first, and
+# those in WHEELS/pins/ (this repo's tested flax/optax/orbax/chex) only if a first run fails
+# without them.
 set -uo pipefail
 OUT=${OUT:?set OUT to a folder for the results}
 DATA=${DATA:-../shared/mnist}
@@ -30,8 +31,9 @@ configs=("$@")
 mkdir -p "$OUT"
 W=$(mktemp -d)
 
-if compgen -G '.whl/*.whl' >/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+WHEELS=${WHEELS:-.whl}
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl || exit 1
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 {
@@ -64,10 +66,10 @@ for c in "${configs[@]}"; do
     echo "$c seed 0 failed:"; tail -30 "$W/$c/seed0/log.txt"
     # The machine's flax/optax/orbax may not be the versions this repo was tested with: if
     # .whl/pins/ holds those, put them first on the path and try once more.
-    compgen -G '.whl/pins/*.whl' >/dev/null && [ -z "${PINNED:-}" ] || continue
-    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/pins/*.whl
+    compgen -G "$WHEELS/pins/*.whl" >/dev/null && [ -z "${PINNED:-}" ] || continue
+    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/pins/*.whl
     export PINNED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-    echo "retrying with the pinned wheels of .whl/pins: $(ls .whl/pins | tr '\n' ' ')"
+    echo "retrying with the pinned wheels of $WHEELS/pins: $(ls "$WHEELS/pins" | tr '\n' ' ')"
     rm -rf "$W/$c/seed0"
     timeout 240 bash -c "$(declare -f train); $vars train $c 0" || {
       tail -30 "$W/$c/seed0/log.txt"; continue; }
