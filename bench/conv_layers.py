@@ -34,27 +34,25 @@ flags.DEFINE_integer('torch_threads', 0, 'PyTorch intra-op threads; 0 = the core
 flags.DEFINE_string('out', '', 'Write the results as JSON here.')
 
 
-def conv_shapes(arch: str, image_size: int = 28) -> list[dict]:
-  """(size, in channels, out channels, kernel, padding) of each conv layer, in order."""
+def conv_shapes(arch: str) -> list[dict]:
+  """Input size, channels in and out, kernel, padding and output size of each conv layer."""
   from nets import cnn
 
-  shapes, size, channels = [], image_size, 1
-  for layer in cnn.ARCHITECTURES[arch]:
+  model = cnn.build(arch)
+  shapes, shape = [], (28, 28, 1)  # Each layer's input (H, W, C), from the net's summary.
+  for layer, row in zip(model.layers, cnn.summary(model), strict=True):
     if layer.kind == 'conv':
-      out = size if layer.padding == 'SAME' else size - layer.kernel + 1
       shapes.append(
         {
-          'size': size,
-          'cin': channels,
+          'size': shape[0],
+          'cin': shape[-1],
           'cout': layer.features,
           'kernel': layer.kernel,
           'padding': layer.padding,
-          'out_size': out,
+          'out_size': row['output'][0],
         }
       )
-      size, channels = out, layer.features
-    elif layer.kind == 'pool':
-      size //= layer.kernel
+    shape = row['output']
   return shapes
 
 

@@ -32,33 +32,30 @@ class TorchCNN(nn.Module):
     image_size: int = 28,
   ):
     super().__init__()
-    modules, channels, size = [], in_channels, image_size  # size: the square map's side.
-    for layer in layers:
+    # Each layer's input shape (H, W, C), from the flax net's own summary.
+    rows = cnn.summary(cnn.CNN(layers=tuple(layers)), (image_size, image_size, in_channels))
+    inputs = [(image_size, image_size, in_channels)] + [r['output'] for r in rows[:-1]]
+    modules = []
+    for layer, shape in zip(layers, inputs, strict=True):
       if layer.kind == 'conv':
         pad = (layer.kernel - 1) // 2 if layer.padding == 'SAME' else 0
         modules += [
-          nn.Conv2d(channels, layer.features, layer.kernel, padding=pad, bias=False),
+          nn.Conv2d(shape[-1], layer.features, layer.kernel, padding=pad, bias=False),
           nn.BatchNorm2d(layer.features, eps=1e-5, momentum=1 - bn_momentum),
           nn.ReLU(inplace=True),
         ]
-        channels = layer.features
-        size = size if layer.padding == 'SAME' else size - layer.kernel + 1
       elif layer.kind == 'pool':
         modules.append(nn.MaxPool2d(layer.kernel))
-        size //= layer.kernel
       elif layer.kind == 'gap':
         modules += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        size = 1
       elif layer.kind == 'flatten':
         # NCHW order, not flax's HWC: the same function class and parameter count (the
         # benchmark trains both from scratch; no weights cross between them).
         modules.append(nn.Flatten())
-        channels, size = channels * size * size, 1
       elif layer.kind == 'dropout':
         modules.append(nn.Identity())  # The benchmark runs without dropout (rate 0).
       elif layer.kind == 'dense':
-        modules.append(nn.Linear(channels, layer.features))
-        channels = layer.features
+        modules.append(nn.Linear(math.prod(shape), layer.features))
       else:
         raise ValueError(f'unknown layer kind {layer.kind!r}')
     self.net = nn.Sequential(*modules)
