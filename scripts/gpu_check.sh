@@ -33,7 +33,8 @@ W=$(mktemp -d)
 
 WHEELS=${WHEELS:-.whl}
 if compgen -G "$WHEELS/*.whl" >/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl || exit 1
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl \
+    || exit 1
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 {
@@ -53,16 +54,16 @@ EOF
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-train() {  # train CONFIG SEED: one run into $W/CONFIG/seedSEED, its log beside it.
+train() {  # train CONFIG SEED SECONDS: one run into $W/CONFIG/seedSEED, its log beside it.
   mkdir -p "$W/$1/seed$2"
-  $PY train.py --config="configs/$1.py" --workdir="$W/$1/seed$2" --config.data_dir="$DATA" \
-    --config.seed="$2" --config.plots=False $TRAIN_ARGS >"$W/$1/seed$2/log.txt" 2>&1
+  timeout "$3" $PY train.py --config="configs/$1.py" --workdir="$W/$1/seed$2" \
+    --config.data_dir="$DATA" --config.seed="$2" --config.plots=False $TRAIN_ARGS \
+    >"$W/$1/seed$2/log.txt" 2>&1
 }
 
-vars="W='$W' DATA='$DATA' PY='$PY' TRAIN_ARGS='$TRAIN_ARGS'"
 for c in "${configs[@]}"; do
   t0=$(date +%s%N)
-  if ! timeout 240 bash -c "$(declare -f train); $vars train $c 0"; then
+  if ! train "$c" 0 240; then
     echo "$c seed 0 failed:"; tail -30 "$W/$c/seed0/log.txt"
     # The machine's flax/optax/orbax may not be the versions this repo was tested with: if
     # .whl/pins/ holds those, put them first on the path and try once more.
@@ -71,17 +72,16 @@ for c in "${configs[@]}"; do
     export PINNED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     echo "retrying with the pinned wheels of $WHEELS/pins: $(ls "$WHEELS/pins" | tr '\n' ' ')"
     rm -rf "$W/$c/seed0"
-    timeout 240 bash -c "$(declare -f train); $vars train $c 0" || {
+    train "$c" 0 240 || {
       tail -30 "$W/$c/seed0/log.txt"; continue; }
   fi
   echo "$c seed 0 alone: $(( ($(date +%s%N) - t0) / 1000000 )) ms wall, process start to end"
   grep -E 'Compiled|epoch +[0-9]+ ' "$W/$c/seed0/log.txt" | sed 's/^.*\] //'
   for s in ${SEEDS:-1 2 3 4}; do  # At once: each takes a slice of the GPU's memory, not 75 % of it.
     if [ -n "${SOLO:-}" ]; then  # Or one after another, alone: every seed's seconds count.
-      timeout 240 bash -c "$(declare -f train); $vars train $c $s"
+      train "$c" "$s" 240
     else
-      XLA_PYTHON_CLIENT_MEM_FRACTION=0.15 timeout 300 \
-        bash -c "$(declare -f train); $vars train $c $s" &
+      XLA_PYTHON_CLIENT_MEM_FRACTION=0.15 train "$c" "$s" 300 &
     fi
   done
   wait
