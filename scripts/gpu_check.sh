@@ -32,10 +32,12 @@ mkdir -p "$OUT"
 W=$(mktemp -d)
 
 WHEELS=${WHEELS:-.whl}
-if compgen -G "$WHEELS/*.whl" >/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl \
-    || exit 1
+install_wheels() {  # install_wheels DIR: its wheels into /tmp/site, first on the import path.
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$1"/*.whl || return
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+}
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+  install_wheels "$WHEELS" || exit 1
 fi
 {
   date -u
@@ -68,8 +70,8 @@ for c in "${configs[@]}"; do
     # The machine's flax/optax/orbax may not be the versions this repo was tested with: if
     # .whl/pins/ holds those, put them first on the path and try once more.
     compgen -G "$WHEELS/pins/*.whl" >/dev/null && [ -z "${PINNED:-}" ] || continue
-    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/pins/*.whl
-    export PINNED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    install_wheels "$WHEELS/pins"
+    export PINNED=1
     echo "retrying with the pinned wheels of $WHEELS/pins: $(ls "$WHEELS/pins" | tr '\n' ' ')"
     rm -rf "$W/$c/seed0"
     train "$c" 0 240 || {

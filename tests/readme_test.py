@@ -22,7 +22,7 @@ def gpu_row(run_dir: str) -> str:
   Accuracy over every seed there; the timings of seed 0, which trained alone on the GPU: its
   training seconds to 99.4 %, and the median seconds and images/s of its epochs after the first.
   """
-  summaries, s0_history = [], None
+  summaries = []
   for path in sorted(glob.glob(os.path.join(run_dir, 'seed*', 'summary.json'))):
     with open(path) as f:
       summaries.append(json.load(f))
