@@ -10,6 +10,11 @@ and `torch.autograd.grad` on a kept graph (NCHW, oneDNN) at --torch_threads. Rou
 the two; medians are reported with GFLOP/s (2 x multiply-adds of the forward pass, the same
 count for dx and dw). Convolutions only: BatchNorm, ReLU, pooling, the loss and the optimizer
 are not here.
+
+Two JAX alternatives, measured so the README's dead ends can be rerun:
+`--jax_dtype=bfloat16` runs JAX's pieces in bfloat16 (this CPU has AVX512-BF16; PyTorch stays
+float32), and `--kernel_grad=shifted_matmuls` computes dw as one matmul per kernel tap
+(`dw[i, j] = shift_ij(x)^T dy`) instead of XLA's transposed convolution.
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ flags.DEFINE_integer('rounds', 7, 'Timed rounds (medians reported).')
 flags.DEFINE_integer('calls', 5, 'Calls per round of each piece.')
 flags.DEFINE_integer('torch_threads', 0, 'PyTorch intra-op threads; 0 = the core count.')
 flags.DEFINE_string('out', '', 'Write the results as JSON here.')
+flags.DEFINE_enum('jax_dtype', 'float32', ['float32', 'bfloat16'], 'dtype of the JAX pieces.')
+flags.DEFINE_enum(
+  'kernel_grad', 'xla', ['xla', 'shifted_matmuls'], "JAX's dw: XLA's own, or a matmul per tap."
+)
 
 
 def conv_shapes(arch: str) -> list[dict]:
@@ -54,6 +63,26 @@ def conv_shapes(arch: str) -> list[dict]:
       )
     shape = row['output']
   return shapes
+
+
+def kernel_grad_shifted_matmuls(x, dy, kernel: int, padding: str):
+  """dw of a stride-1 NHWC/HWIO convolution as kernel**2 matmuls over (batch, height, width).
+
+  dw[i, j, c, o] = sum_{n, h, w} x_padded[n, h + i, w + j, c] * dy[n, h, w, o].
+  """
+  import jax.numpy as jnp
+
+  if padding == 'SAME':
+    lo = (kernel - 1) // 2
+    x = jnp.pad(x, ((0, 0), (lo, kernel - 1 - lo), (lo, kernel - 1 - lo), (0, 0)))
+  _, oh, ow, cout = dy.shape
+  d = dy.reshape(-1, cout)
+  taps = [
+    x[:, i : i + oh, j : j + ow, :].reshape(-1, x.shape[-1]).T @ d
+    for i in range(kernel)
+    for j in range(kernel)
+  ]
+  return jnp.stack(taps).reshape(kernel, kernel, x.shape[-1], cout)
 
 
 def seconds_per_call(fn, calls: int) -> float:
@@ -91,10 +120,15 @@ def main(argv):
         x, w, (1, 1), pad, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
       )
 
-    jx, jw, jdy = jnp.asarray(x), jnp.asarray(w), jnp.asarray(dy)
+    jx, jw, jdy = (jnp.asarray(a, FLAGS.jax_dtype) for a in (x, w, dy))
     fwd = jax.jit(conv)
     dx = jax.jit(lambda x, w, dy, conv=conv: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0])
-    dw = jax.jit(lambda x, w, dy, conv=conv: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0])
+    if FLAGS.kernel_grad == 'xla':
+      dw = jax.jit(lambda x, w, dy, conv=conv: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0])
+    else:
+      dw = jax.jit(
+        lambda x, w, dy, s=s: kernel_grad_shifted_matmuls(x, dy, s['kernel'], s['padding'])
+      )
     pieces[i, 'fwd', 'jax'] = lambda f=fwd, x=jx, w=jw: f(x, w).block_until_ready()
     pieces[i, 'dw', 'jax'] = lambda f=dw, x=jx, w=jw, dy=jdy: f(x, w, dy).block_until_ready()
     if i:
@@ -132,7 +166,10 @@ def main(argv):
     f'{"layer":28s} {"piece":5s} {"JAX ms":>8s} {"PyTorch ms":>11s} {"JAX/PT speed":>13s} '
     f'{"JAX GFLOP/s":>12s} {"PT GFLOP/s":>11s}'
   )
-  print(f'batch {b}, PyTorch {threads} threads, medians of {FLAGS.rounds} rounds')
+  print(
+    f'batch {b}, PyTorch {threads} threads, JAX {FLAGS.jax_dtype} (dw: {FLAGS.kernel_grad}), '
+    f'medians of {FLAGS.rounds} rounds'
+  )
   print(header)
   rows, totals = [], {'jax': 0.0, 'torch': 0.0}
   for i, s in enumerate(shapes):
@@ -165,6 +202,8 @@ def main(argv):
         'rounds': FLAGS.rounds,
         'calls': FLAGS.calls,
         'torch_threads': threads,
+        'jax_dtype': FLAGS.jax_dtype,
+        'kernel_grad': FLAGS.kernel_grad,
       },
       'rows': rows,
       'totals_s': totals,
