@@ -7,8 +7,9 @@
 # and training seconds to 99.4 % are the timing figures), then seeds 1-4 train at once on the
 # same GPU (their accuracy counts; their seconds do not: they shared the chip). Then
 # bench/bench.py times JAX beside PyTorch on that GPU (same net, batch 128, data on the GPU).
-# Writes under OUT: env.txt (GPU, versions), CONFIG.md (seed table), bench.json, and
-# runs.tar.gz (every run's metrics, summary and log; no checkpoints).
+# Writes under OUT: env.txt (GPU, versions), CONFIG.md (seed table, then the timing row the
+# README's GPU table quotes), bench.json, and runs.tar.gz (every run's metrics, summary and log;
+# no checkpoints).
 #
 # Settings (environment): PYTHON, the interpreter (default python3); TRAIN_ARGS, added to every
 # train.py; BENCH_ARGS, added to bench.py; SOLO=1 trains seeds 1-4 one after another, each
@@ -56,11 +57,12 @@ EOF
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-train() {  # train CONFIG SEED SECONDS: one run into $W/CONFIG/seedSEED, its log beside it.
-  mkdir -p "$W/$1/seed$2"
-  timeout "$3" $PY train.py --config="configs/$1.py" --workdir="$W/$1/seed$2" \
+train() {  # train CONFIG SEED SECONDS [ROOT]: one run into ROOT/seedSEED (ROOT: $W/CONFIG).
+  local dir=${4:-$W/$1}/seed$2
+  mkdir -p "$dir"
+  timeout "$3" $PY train.py --config="configs/$1.py" --workdir="$dir" \
     --config.data_dir="$DATA" --config.seed="$2" --config.plots=False $TRAIN_ARGS \
-    >"$W/$1/seed$2/log.txt" 2>&1
+    </dev/null >"$dir/log.txt" 2>&1  # Its log beside it.
 }
 
 for c in "${configs[@]}"; do
@@ -94,7 +96,7 @@ for c in "${configs[@]}"; do
     fi
   done
   seed_list=$(IFS=,; echo "${done_seeds[*]}")
-  $PY scripts/seeds.py --table_only --seeds="$seed_list" --root="$W/$c" | tee "$OUT/$c.md"
+  $PY scripts/seeds.py --table_only --timings --seeds="$seed_list" --root="$W/$c" | tee "$OUT/$c.md"
   tar czf "$OUT/runs.tar.gz" -C "$W" --exclude=checkpoints .  # Now: a later step may time out.
 
   if [ "$c" = "${configs[0]}" ] && [ "${BENCH:-1}" != 0 ]; then  # Once, after the first.
@@ -102,4 +104,19 @@ for c in "${configs[@]}"; do
       --out="$OUT/bench.json" 2>&1 | grep -v -E '^(I|W)[0-9]{4} '
   fi
 done
+if [ -n "${XLA_SETS:-}" ]; then  # Seed 0 of the first config again, alone, per XLA flag set.
+  c=${configs[0]}
+  echo "# configs/$c.py, seed 0 alone, once per line of $XLA_SETS" | tee "$OUT/xla_sets.md"
+  while read -r name flags; do
+    case $name in '' | '#'*) continue ;; esac
+    root=$W/xla/$name
+    if XLA_FLAGS="$flags" train "$c" 0 240 "$root"; then
+      printf '\n## %s: XLA_FLAGS=%s\n\n' "$name" "$flags"
+      $PY scripts/seeds.py --table_only --timings --seeds=0 --root="$root" | sed -n '/^| params /,$p'
+    else
+      printf '\n## %s: XLA_FLAGS=%s FAILED\n' "$name" "$flags"; tail -5 "$root/seed0/log.txt"
+    fi
+  done <"$XLA_SETS" | tee -a "$OUT/xla_sets.md"
+  tar czf "$OUT/runs.tar.gz" -C "$W" --exclude=checkpoints .
+fi
 echo "results in $OUT: $(ls "$OUT" | tr '\n' ' ')"

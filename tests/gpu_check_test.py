@@ -1,7 +1,8 @@
 """scripts/gpu_check.sh, dry-run on the CPU: seed 0 alone, then the others, then the table.
 
-The same script ran issue 4's GPU figures (docs/gpu/); here it trains two one-epoch runs on a
-16-image IDX folder, so that what it writes (the seed table, the runs' archive) is checked.
+The same script ran issue 4's GPU figures (docs/gpu/); here it trains one-epoch runs on a
+16-image IDX folder, so that what it writes (the seed table, the timing row, the XLA flag sets'
+rows, the runs' archive) is checked; and every set of scripts/xla_gpu_sets.txt must parse.
 """
 
 import os
@@ -11,16 +12,28 @@ import tarfile
 
 from absl.testing import absltest
 
+from scripts import seeds
 from tests import testutil
 
 SCRIPT = os.path.join(testutil.REPO_ROOT, 'scripts', 'gpu_check.sh')
 TINY_RUN = '--config.num_epochs=1 --config.batch_size=8 --config.eval_batch_size=8'
+GPU_SETS = os.path.join(testutil.REPO_ROOT, 'scripts', 'xla_gpu_sets.txt')
+
+
+def flag_sets(path: str) -> list[tuple[str, str]]:
+  """(name, XLA_FLAGS) per line of an XLA_SETS file, as gpu_check.sh reads it."""
+  with open(path) as f:
+    lines = [line.split(maxsplit=1) for line in f if line.strip() and not line.startswith('#')]
+  return [(parts[0], parts[1].strip() if len(parts) > 1 else '') for parts in lines]
 
 
 class GpuCheckDryRunTest(absltest.TestCase):
   def test_trains_each_seed_and_writes_table_and_archive(self):
     tmp = self.create_tempdir().full_path
     testutil.write_idx_dir(f'{tmp}/idx', num_train=16, num_test=8)
+    with open(f'{tmp}/sets.txt', 'w') as f:
+      f.write('# a comment\nbase\n\nfastmath --xla_cpu_enable_fast_math=true\n')
+      f.write('bogus --xla_no_such_flag=1\n')
     env = dict(
       os.environ,
       OUT=f'{tmp}/out',
@@ -29,6 +42,7 @@ class GpuCheckDryRunTest(absltest.TestCase):
       TRAIN_ARGS=f'{TINY_RUN} --config.steps_per_call=1',
       SEEDS='1',
       BENCH='0',
+      XLA_SETS=f'{tmp}/sets.txt',
       WHEELS=f'{tmp}/no_wheels',  # Never install anything here.
       JAX_PLATFORMS='cpu',
     )
@@ -47,11 +61,24 @@ class GpuCheckDryRunTest(absltest.TestCase):
     self.assertIn('| 0 | 7,442 |', table)
     self.assertIn('| 1 | 7,442 |', table)
     self.assertIn('seeds reaching 99.4 %', table)
+    self.assertIn(seeds.TIMING_HEADER, table)
+    self.assertIn('| 7,442 | ', table.split(seeds.TIMING_HEADER)[1])
+    with open(f'{tmp}/out/xla_sets.md') as f:
+      sections = f.read().split('\n## ')[1:]
+    self.assertLen(sections, 3)
+    for section, name in zip(sections[:2], ('base', 'fastmath'), strict=True):
+      self.assertTrue(section.startswith(f'{name}: XLA_FLAGS='), section)
+      self.assertIn(seeds.TIMING_HEADER, section)
+      self.assertIn('| 7,442 | ', section)  # The run's timing row.
+    self.assertIn('--xla_cpu_enable_fast_math=true', sections[1])
+    self.assertTrue(sections[2].startswith('bogus: XLA_FLAGS=--xla_no_such_flag=1 FAILED'))
     with tarfile.open(f'{tmp}/out/runs.tar.gz') as tar:
       names = set(tar.getnames())
     for seed in (0, 1):
       for name in ('summary.json', 'metrics.jsonl', 'log.txt'):
         self.assertIn(f'./tiny/seed{seed}/{name}', names)
+    for name in ('base', 'fastmath'):
+      self.assertIn(f'./xla/{name}/seed0/summary.json', names)
     self.assertFalse(any('checkpoints' in n for n in names), 'checkpoints are left out')
     with open(f'{tmp}/out/env.txt') as f:
       self.assertIn('jax ', f.read())
@@ -76,6 +103,34 @@ class GpuCheckDryRunTest(absltest.TestCase):
     )
     self.assertIn('mnist seed 0 failed:', proc.stdout)
     self.assertFalse(os.path.exists(f'{tmp}/out/mnist.md'))
+
+
+class XlaGpuSetsTest(absltest.TestCase):
+  def test_every_set_names_real_flags_with_valid_values(self):
+    sets = flag_sets(GPU_SETS)
+    self.assertGreaterEqual(len(sets), 2)
+    self.assertEqual(sets[0], ('base', ''), 'the first set is the baseline, no flags')
+    self.assertLen({name for name, _ in sets}, len(sets))
+    for name, flags in sets:
+      with self.subTest(name=name):
+        proc = subprocess.run(  # XLA parses XLA_FLAGS (GPU ones too) when a backend starts.
+          [sys.executable, '-c', 'import jax; jax.devices()'],
+          env=dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS='cpu'),
+          capture_output=True,
+          text=True,
+          timeout=120,
+        )
+        self.assertEqual(proc.returncode, 0, proc.stderr[-1500:])
+
+  def test_the_flag_check_catches_a_bad_value(self):
+    proc = subprocess.run(
+      [sys.executable, '-c', 'import jax; jax.devices()'],
+      env=dict(os.environ, XLA_FLAGS='--xla_gpu_graph_min_graph_size=abc', JAX_PLATFORMS='cpu'),
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
+    self.assertNotEqual(proc.returncode, 0)
 
 
 if __name__ == '__main__':

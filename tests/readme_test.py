@@ -4,7 +4,6 @@ import glob
 import json
 import os
 import re
-import statistics
 
 from absl.testing import absltest
 
@@ -17,28 +16,12 @@ GPU_RUNS = os.path.join(testutil.REPO_ROOT, 'docs', 'gpu')
 
 
 def gpu_row(run_dir: str) -> str:
-  """The README's GPU-table row for one config's runs (docs/gpu/<machine>/[...]/<config>).
-
-  Accuracy over every seed there; the timings of seed 0, which trained alone on the GPU: its
-  training seconds to 99.4 %, and the median seconds and images/s of its epochs after the first.
-  """
+  """The README's GPU-table row for one config's runs (docs/gpu/<machine>/[...]/<config>)."""
   summaries = []
   for path in sorted(glob.glob(os.path.join(run_dir, 'seed*', 'summary.json'))):
     with open(path) as f:
       summaries.append(json.load(f))
-  with open(os.path.join(run_dir, 'seed0', 'metrics.jsonl')) as f:
-    s0_history = [json.loads(line) for line in f]
-  s0, t = summaries[0], seeds.totals(summaries)
-  finals = ' / '.join(f'{100 * s["final_test_accuracy"]:.2f}' for s in summaries)
-  first = ' / '.join(str(s['first_epoch_at_target']) for s in summaries)
-  later = s0_history[1:]
-  epoch_s = statistics.median(r['train_seconds'] for r in later)
-  images_s = statistics.median(r['images_per_second'] for r in later)
-  return (
-    f'| {s0["params"]:,} | {finals} | {t["mean_final"]:.2f} | {t["steady"]}/{t["runs"]} '
-    f'| {first} | {s0["train_seconds_to_target"]:.2f} | {epoch_s:.2f} | {images_s:,.0f} '
-    f'| {s0["train_seconds"]:.2f} | {s0["compile_seconds"]:.1f} | {s0["device_kind"]} |'
-  )
+  return seeds.timing_row(summaries, seeds.read_history(os.path.join(run_dir, 'seed0')))
 
 
 def _readme() -> str:

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ from tests import testutil
 
 SCRIPT = os.path.join(testutil.REPO_ROOT, 'scripts', 'seeds.py')
 TINY_RUNS = os.path.join(testutil.REPO_ROOT, 'docs', 'runs', 'tiny')
+GPU_MNIST_RUNS = os.path.join(testutil.REPO_ROOT, 'docs', 'gpu', 'h200_2026-11-28', 'mnist')
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -28,6 +30,11 @@ def _files(root: str) -> dict[str, bytes]:
       with open(path, 'rb') as f:
         out[os.path.relpath(path, root)] = f.read()
   return out
+
+
+def _summary(root: str, seed: int) -> dict:
+  with open(os.path.join(root, f'seed{seed}', 'summary.json')) as f:
+    return json.load(f)
 
 
 class TableOnlyTest(absltest.TestCase):
@@ -55,6 +62,28 @@ class TableOnlyTest(absltest.TestCase):
     self.assertIn(seeds.footer(summaries), proc.stdout)
     with open(os.path.join(root, 'table.md')) as f:
       self.assertIn(seeds.row(summaries[0]), f.read())
+
+  def test_timings_row_holds_seed0_timings_and_every_seeds_accuracy(self):
+    root = self.create_tempdir().full_path
+    for seed in (0, 1):
+      shutil.copytree(
+        os.path.join(GPU_MNIST_RUNS, f'seed{seed}'), os.path.join(root, f'seed{seed}')
+      )
+    proc = _run('--table_only', '--timings', '--seeds=0,1', f'--root={root}')
+    self.assertEqual(proc.returncode, 0, proc.stderr)
+    self.assertIn(seeds.TIMING_HEADER, proc.stdout)
+    s0, s1 = (_summary(root, seed) for seed in (0, 1))
+    with open(os.path.join(root, 'seed0', 'metrics.jsonl')) as f:
+      later_epochs = [json.loads(line) for line in f][1:]
+    (row,) = [ln for ln in proc.stdout.splitlines() if ln.startswith(f'| {s0["params"]:,} |')]
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    finals = f'{100 * s0["final_test_accuracy"]:.2f} / {100 * s1["final_test_accuracy"]:.2f}'
+    self.assertEqual(cells[1], finals)
+    self.assertEqual(cells[5], f'{s0["train_seconds_to_target"]:.2f}')
+    self.assertEqual(cells[6], f'{statistics.median(r["train_seconds"] for r in later_epochs):.2f}')
+    self.assertEqual(cells[9], f'{s0["compile_seconds"]:.1f}')
+    with open(os.path.join(root, 'table.md')) as f:
+      self.assertIn(row, f.read())
 
   def test_a_missing_run_is_an_error_not_a_training(self):
     root = self.create_tempdir().full_path
