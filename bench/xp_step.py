@@ -57,11 +57,16 @@ def main():
   p.add_argument('--steps', type=int, default=8)
   p.add_argument('--calls', type=int, default=4)
   p.add_argument('--augment', action='store_true')
+  p.add_argument(
+    '--data_dir',
+    default=os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'mnist'),
+    help='MNIST IDX folder (default: ../shared/mnist beside the checkout).',
+  )
   a = p.parse_args()
   c = mnist.get_config()
   if not a.augment:
     c.max_degrees, c.max_shift = 0.0, 0.0
-  data = input_pipeline.get_datasets(os.path.join(os.path.dirname(__file__), '../../shared/mnist'))
+  data = input_pipeline.get_datasets(a.data_dir)
   images = jax.device_put(data['train'].images)
   labels = jax.device_put(data['train'].labels)
   step_fn = functools.partial(train.train_step, max_degrees=c.max_degrees, max_shift=c.max_shift)
@@ -76,8 +81,12 @@ def main():
   idx = train.epoch_batches(jax.random.key(1), 60000, 128)[: a.steps]
   rng = jax.random.key(2)
   lowered = f.lower(state, images, labels, idx, rng)
+  names = a.variants.split(',')
+  unknown = sorted(set(names) - set(VARIANTS))
+  if unknown:
+    p.error(f'unknown variants {unknown}; known: {", ".join(VARIANTS)}')
   compiled = {}
-  for name in a.variants.split(','):
+  for name in names:
     t0 = time.perf_counter()
     compiled[name] = lowered.compile(VARIANTS[name])
     print(f'{name}: compiled in {time.perf_counter() - t0:.1f} s', flush=True)
