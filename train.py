@@ -370,8 +370,9 @@ def save_checkpoint(
   """Saves `state` as the checkpoint of `epoch`, with its leaf checksums and metrics record.
 
   Both go into the step's orbax metadata, which is written before the step is committed, so
-  a committed checkpoint always carries them. Orbax's own files have no checksum: a flipped
-  byte inside an array file loads silently as different numbers (tests/reliability_test.py).
+  a committed checkpoint always carries them. Orbax's own files have no checksum: flipped
+  bytes in an array file can load silently as different numbers, and another checkpoint's
+  array files load as if they were this one's (tests/reliability_test.py).
   """
   metadata = {'leaf_sha256': leaf_digests(state), 'metrics_record': record}
   with _quiet_orbax():
