@@ -105,6 +105,17 @@ class GpuCheckDryRunTest(absltest.TestCase):
     self.assertFalse(os.path.exists(f'{tmp}/out/mnist.md'))
 
 
+def _xla_parses(flags: str) -> subprocess.CompletedProcess:
+  """Starts JAX's CPU backend with XLA_FLAGS=flags: XLA parses all its flags (GPU ones too)."""
+  return subprocess.run(
+    [sys.executable, '-c', 'import jax; jax.devices()'],
+    env=dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS='cpu'),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+
+
 class XlaGpuSetsTest(absltest.TestCase):
   def test_every_set_names_real_flags_with_valid_values(self):
     sets = flag_sets(GPU_SETS)
@@ -113,24 +124,11 @@ class XlaGpuSetsTest(absltest.TestCase):
     self.assertLen({name for name, _ in sets}, len(sets))
     for name, flags in sets:
       with self.subTest(name=name):
-        proc = subprocess.run(  # XLA parses XLA_FLAGS (GPU ones too) when a backend starts.
-          [sys.executable, '-c', 'import jax; jax.devices()'],
-          env=dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS='cpu'),
-          capture_output=True,
-          text=True,
-          timeout=120,
-        )
+        proc = _xla_parses(flags)
         self.assertEqual(proc.returncode, 0, proc.stderr[-1500:])
 
   def test_the_flag_check_catches_a_bad_value(self):
-    proc = subprocess.run(
-      [sys.executable, '-c', 'import jax; jax.devices()'],
-      env=dict(os.environ, XLA_FLAGS='--xla_gpu_graph_min_graph_size=abc', JAX_PLATFORMS='cpu'),
-      capture_output=True,
-      text=True,
-      timeout=120,
-    )
-    self.assertNotEqual(proc.returncode, 0)
+    self.assertNotEqual(_xla_parses('--xla_gpu_graph_min_graph_size=abc').returncode, 0)
 
 
 if __name__ == '__main__':
