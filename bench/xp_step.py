@@ -63,6 +63,10 @@ def main():
     help='MNIST IDX folder (default: ../shared/mnist beside the checkout).',
   )
   a = p.parse_args()
+  names = a.variants.split(',')
+  unknown = sorted(set(names) - set(VARIANTS))
+  if unknown:
+    p.error(f'unknown variants {unknown}; known: {", ".join(VARIANTS)}')
   c = mnist.get_config()
   if not a.augment:
     c.max_degrees, c.max_shift = 0.0, 0.0
@@ -81,10 +85,6 @@ def main():
   idx = train.epoch_batches(jax.random.key(1), 60000, 128)[: a.steps]
   rng = jax.random.key(2)
   lowered = f.lower(state, images, labels, idx, rng)
-  names = a.variants.split(',')
-  unknown = sorted(set(names) - set(VARIANTS))
-  if unknown:
-    p.error(f'unknown variants {unknown}; known: {", ".join(VARIANTS)}')
   compiled = {}
   for name in names:
     t0 = time.perf_counter()

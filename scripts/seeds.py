@@ -151,15 +151,12 @@ def main() -> int:
     summaries.append(summary)
     print(f'{row(summary)}  ({time.time() - t0:.0f} s wall)', flush=True)
   table = '\n'.join([HEADER, *map(row, summaries)]) + f'\n\n{footer(summaries)}\n'
+  if args.timings:
+    history = read_history(os.path.join(args.root, f'seed{seeds[0]}'))
+    table += f'\n{TIMING_HEADER}\n{timing_row(summaries, history)}\n'
   os.makedirs(args.root, exist_ok=True)
   with open(os.path.join(args.root, 'table.md'), 'w') as f:
     f.write(f'`{" ".join(["python", "scripts/seeds.py", *sys.argv[1:]])}`\n\n{table}')
-  if args.timings:
-    history = read_history(os.path.join(args.root, f'seed{seeds[0]}'))
-    timings = f'{TIMING_HEADER}\n{timing_row(summaries, history)}\n'
-    with open(os.path.join(args.root, 'table.md'), 'a') as f:
-      f.write(f'\n{timings}')
-    table += f'\n{timings}'
   print(table)
   return 0
 

@@ -49,10 +49,7 @@ class TableOnlyTest(absltest.TestCase):
     self.assertIn('table.md', after)
     del after['table.md']
     self.assertEqual(after, before)  # The runs are read, never trained or rewritten.
-    summaries = []
-    for seed in (3, 0):
-      with open(os.path.join(root, f'seed{seed}', 'summary.json')) as f:
-        summaries.append(json.load(f))
+    summaries = [_summary(root, seed) for seed in (3, 0)]
     rows = [
       line
       for line in proc.stdout.splitlines()
