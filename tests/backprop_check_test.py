@@ -1,4 +1,6 @@
-"""Tests for backprop_check.py: the sweep, its files, LibreOffice's recompute, --check_workbook."""
+"""Tests for backprop_check.py: the sweep, the gradient check, its files, the command line.
+
+The workbook it writes and `--check_workbook` are tested in tests/workbook_test.py."""
 
 import csv
 import functools
@@ -13,27 +15,26 @@ import openpyxl
 from absl.testing import absltest, parameterized
 
 import backprop_check as bc
+import workbook
 from nets import toy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAST_EPOCH = toy.COURSE_EPOCHS - 1
-# LibreOffice stores 15 significant digits in xlsx; everything else is float64 arithmetic.
-SPREADSHEET_RTOL, SPREADSHEET_ATOL = 1e-12, 1e-15
 
 
 @functools.cache
-def _course_sweep() -> tuple[bc.Trajectory, ...]:
+def course_sweep() -> tuple[bc.Trajectory, ...]:
   """The default run (6 learning rates × 68 rows, float64), every row checked."""
   return tuple(bc.run_sweep(toy.COURSE_LEARNING_RATES))
 
 
-def _swapped_gradients(params, inputs, targets):
+def swapped_gradients(params, inputs, targets):
   """A broken hand gradient: the formulas of ∂E/∂w5 and ∂E/∂w6 swapped."""
   grads = toy.hand_gradients(params, inputs, targets)
   return grads | {'w5': grads['w6'], 'w6': grads['w5']}
 
 
-def _slipped_gradients(params, inputs, targets):
+def slipped_gradients(params, inputs, targets):
   """The classic slip: a_h1·(1 − a_h1) where a_h2·(1 − a_h2) belongs, in ∂E/∂w3 and ∂E/∂w4."""
   f = toy.forward(params, inputs, targets)
   grads = toy.hand_gradients(params, inputs, targets)
@@ -41,66 +42,11 @@ def _slipped_gradients(params, inputs, targets):
   return grads | {'w3': grads['w3'] * factor, 'w4': grads['w4'] * factor}
 
 
-def _require_soffice(test: absltest.TestCase) -> None:
-  if bc.find_soffice() is None:
-    if os.environ.get('CI') == 'true':
-      test.fail('LibreOffice (soffice) is required in CI: apt-get install libreoffice-calc')
-    test.skipTest('LibreOffice (soffice) is not installed')
-
-
-def _sheet_values(path: str, sheet: str) -> dict[str, np.ndarray]:
-  """The data rows of one sheet of a recomputed workbook, by column name."""
-  ws = openpyxl.load_workbook(path, data_only=True)[sheet]
-  n = toy.COURSE_EPOCHS
-  out = {}
-  for c, letter in bc.SHEET_LETTERS.items():
-    cells = ws[f'{letter}{bc.SHEET_FIRST_ROW}:{letter}{bc.SHEET_FIRST_ROW + n - 1}']
-    out[c] = np.array([row[0].value for row in cells], dtype=np.float64)
-  return out
-
-
-def _assert_sheet_matches(values: dict[str, np.ndarray], trajectory: bc.Trajectory, where: str):
-  np.testing.assert_array_equal(values['epoch'], np.arange(trajectory.epochs), err_msg=where)
-  for c in bc.CSV_COLUMNS[2:]:
-    np.testing.assert_allclose(
-      values[c],
-      trajectory.columns[c],
-      rtol=SPREADSHEET_RTOL,
-      atol=SPREADSHEET_ATOL,
-      err_msg=f'{where}, column {c}',
-    )
-
-
-def _value_workbook(path: str, trajectory: bc.Trajectory, headers: dict[str, str] | None = None):
-  """A workbook of plain values, as a student's sheet looks to openpyxl once saved by Excel.
-
-  Uses other header spellings than ours (∂E_total/∂w1, dE/dw2, dE_dw3, ...) and a 'learning
-  rate' label, to exercise the header matching.
-  """
-  spellings = ['∂E_total/∂w{}', 'dE/dw{}', 'dE_dw{}', '∂E/∂w{}']
-  headers = headers or {
-    **{c: c for c in bc.CSV_COLUMNS[2:]},
-    'a_h1': 'out_h1',
-    'E_total': 'E_tot',
-    **{f'dE_dw{k}': spellings[k % 4].format(k) for k in range(1, 9)},
-  }
-  wb = openpyxl.Workbook()
-  ws = wb.active
-  ws.append(['i1', toy.COURSE_INPUTS[0], 't1', toy.COURSE_TARGETS[0]])
-  ws.append(['i2', toy.COURSE_INPUTS[1], 't2', toy.COURSE_TARGETS[1]])
-  ws.append(['Learning Rate', trajectory.learning_rate])
-  ws.append([])
-  ws.append(list(headers.values()))
-  for epoch in range(trajectory.epochs):
-    ws.append([float(trajectory.columns[c][epoch]) for c in headers])
-  wb.save(path)
-
-
 class SweepTest(chex.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.trajectories = _course_sweep()
+    cls.trajectories = course_sweep()
     cls.out_dir = tempfile.mkdtemp()
     cls.paths = bc.write_outputs(cls.trajectories, cls.out_dir)
 
@@ -124,8 +70,8 @@ class SweepTest(chex.TestCase):
       )
 
   @parameterized.named_parameters(
-    ('w5_w6_swapped', _swapped_gradients, "'w5'"),
-    ('w3_w4_slip', _slipped_gradients, "'w3'"),
+    ('w5_w6_swapped', swapped_gradients, "'w5'"),
+    ('w3_w4_slip', slipped_gradients, "'w3'"),
   )
   def test_broken_hand_gradient_fails_naming_the_weight(self, broken, weight):
     with self.assertRaisesRegex(AssertionError, f'(?s){weight}.*lr=0.5, epoch=0'):
@@ -168,23 +114,16 @@ class SweepTest(chex.TestCase):
     for ln, t in zip(lines, self.trajectories, strict=True):
       np.testing.assert_array_equal(ln.get_ydata(), t.columns['E_total'])
 
-  def test_workbook_layout_and_live_formulas(self):
-    wb = openpyxl.load_workbook(self.paths[bc.XLSX_NAME])
-    self.assertEqual(wb.sheetnames, [f'lr={lr:g}' for lr in toy.COURSE_LEARNING_RATES])
-    ws = wb['lr=0.5']
-    self.assertEqual(ws['A6'].value, 'η')
-    self.assertEqual(ws['B6'].value, 0.5)
-    header = [c.value for c in ws[bc.SHEET_HEADER_ROW]][: len(bc.SHEET_COLUMNS)]
-    self.assertEqual(header[:3], ['epoch', 'w1', 'w2'])
-    self.assertEqual(header[-1], '∂E/∂w8')
-    first, last = bc.SHEET_FIRST_ROW, bc.SHEET_FIRST_ROW + LAST_EPOCH
-    self.assertEqual(ws[f'B{first}'].value, 0.15)  # epoch-0 weights are the editable inputs
-    self.assertEqual(ws[f'B{first + 1}'].value, f'=B{first}-$B$6*U{first}')
-    for c in bc.SHEET_COLUMNS[9:]:  # every intermediate and gradient is a formula, every row
-      for r in (first, last):
-        self.assertTrue(str(ws[f'{bc.SHEET_LETTERS[c]}{r}'].value).startswith('='), (c, r))
-    self.assertIsNone(ws[f'A{last + 1}'].value)
-    self.assertLen(ws._charts, 1)  # E_total chart; openpyxl has no public accessor
+  def test_xlsx_is_the_course_workbook(self):
+    # The layout and formulas are tested in workbook_test; here, that they reach the file.
+    written = openpyxl.load_workbook(self.paths[bc.XLSX_NAME])
+    built = workbook.build_workbook(toy.COURSE_LEARNING_RATES)
+    self.assertEqual(written.sheetnames, built.sheetnames)
+    for ws in built.worksheets:
+      cells = [(c.coordinate, c.value) for row in ws.iter_rows() for c in row]
+      self.assertEqual(
+        [(c, written[ws.title][c].value) for c, _ in cells], cells, f'sheet {ws.title}'
+      )
 
   def test_format_final_table(self):
     table = bc.format_final_table(self.trajectories)
@@ -213,171 +152,6 @@ class SweepTest(chex.TestCase):
     self.assertEqual(os.listdir(d), ['out.csv'])
 
 
-class CheckWorkbookTest(parameterized.TestCase):
-  """--check_workbook on value-only workbooks (what openpyxl sees in a sheet saved by Excel)."""
-
-  @parameterized.parameters(
-    ('∂E/∂w1', 'dE_dw1'),
-    ('dE/dw1', 'dE_dw1'),
-    ('∂E_total/∂w1', 'dE_dw1'),
-    ('dE_dw1', 'dE_dw1'),
-    ('DE/DW7', 'dE_dw7'),
-    ('∂Etot / ∂w8', 'dE_dw8'),
-    ('a_h1', 'a_h1'),
-    ('A H1', 'a_h1'),
-    ('out_h2', 'a_h2'),
-    ('E_total', 'E_total'),
-    ('E tot', 'E_total'),
-    ('w3', 'w3'),
-    ('η', 'lr'),
-    ('learning rate', 'lr'),
-    ('dE/dw9', None),
-    ('weight', None),
-  )
-  def test_header_matching(self, header, name):
-    self.assertEqual(bc.canonical_name(header), name)
-
-  def _check(self, trajectory):
-    path = os.path.join(self.create_tempdir().full_path, 'student.xlsx')
-    _value_workbook(path, trajectory)
-    (report,) = bc.check_workbook(path)
-    return report, bc.format_report(path, [report])
-
-  def test_right_sheet_agrees(self):
-    report, text = self._check(_course_sweep()[2])
-    self.assertEqual(report.mismatches, ())
-    self.assertIsNone(report.problem)
-    self.assertIn(f'all {toy.COURSE_EPOCHS} rows agree', text)
-
-  def test_w3_w4_slip_is_named(self):
-    # A self-consistent wrong sheet: the slipped gradients also drive its weight updates.
-    slipped = bc.run_learning_rate(0.5, hand_grad_fn=_slipped_gradients, check=False)
-    report, text = self._check(slipped)
-    self.assertEqual([m.column for m in report.mismatches], ['dE_dw3', 'dE_dw4'])
-    for m in report.mismatches:
-      self.assertEqual(m.epoch, 0)
-      self.assertEqual(m.cell[-1:], '6')  # first data row, below the header in row 5
-      self.assertEqual(m.bad_rows, toy.COURSE_EPOCHS)
-      # openpyxl writes 16 significant digits, so the found value is within an ulp or two.
-      np.testing.assert_allclose(m.found, slipped.columns[m.column][0], rtol=1e-15)
-      np.testing.assert_allclose(m.expected, _course_sweep()[2].columns[m.column][0], rtol=1e-15)
-      self.assertIn('a_h2·(1 − a_h2)', m.formula)
-    self.assertIn(f'{report.mismatches[0].header}: first wrong at', text)
-    self.assertIn('expected formula', text)
-
-  def test_wrong_learning_rate_on_one_row_is_named(self):
-    lrs = np.full(toy.COURSE_EPOCHS, 0.5)
-    lrs[9] = 0.8  # row 9's update uses the wrong η, so row 10's weights are wrong
-    sheet = bc.run_learning_rate(lrs, check=False)
-    report, text = self._check(sheet)
-    self.assertEqual([m.column for m in report.mismatches], list(toy.WEIGHT_NAMES))
-    self.assertEqual({(m.epoch, m.bad_rows) for m in report.mismatches}, {(10, 1)})
-    self.assertIn('w ← w − η·∂E_total/∂w', text)
-
-  def test_unrecognisable_headers_list_what_was_looked_for(self):
-    path = os.path.join(self.create_tempdir().full_path, 'other.xlsx')
-    wb = openpyxl.Workbook()
-    wb.active.append(['weight one', 'weight two', 'loss'])
-    wb.active.append([0.1, 0.2, 0.3])
-    wb.save(path)
-    (report,) = bc.check_workbook(path)
-    self.assertIn('no recognisable headers', report.problem)
-    text = bc.format_report(path, [report])
-    for looked_for in ('w1..w8', 'a_h1', 'E_total', '∂E/∂w1', 'dE/dw1', '∂E_total/∂w1', 'dE_dw1'):
-      self.assertIn(looked_for, text)
-    self.assertFalse(bc.workbook_agrees([report]))
-
-  def test_partial_headers_say_which_weights_are_missing(self):
-    path = os.path.join(self.create_tempdir().full_path, 'partial.xlsx')
-    wb = openpyxl.Workbook()
-    wb.active.append(['w1', 'w2', 'h1', 'weight 3'])
-    wb.active.append([0.1, 0.2, 0.3, 0.4])
-    wb.save(path)
-    (report,) = bc.check_workbook(path)
-    self.assertIn("found 'w1' (A1), 'w2' (B1), 'h1' (C1)", report.problem)
-    self.assertIn('no header row with w3, w4, w5, w6, w7, w8', report.problem)
-
-  def test_own_workbook_without_cached_values_says_so(self):
-    path = os.path.join(self.create_tempdir().full_path, 'ours.xlsx')
-    bc.build_workbook([0.5], epochs=3).save(path)
-    (report,) = bc.check_workbook(path)
-    self.assertEqual(report.problem, bc.NO_CACHED_VALUES)
-
-
-class LibreOfficeTest(absltest.TestCase):
-  """The workbook recomputed by a real spreadsheet engine equals JAX, cell by cell."""
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.recomputed = None
-    if bc.find_soffice() is None:
-      return
-    src, out = tempfile.mkdtemp(), tempfile.mkdtemp()
-    lrs = toy.COURSE_LEARNING_RATES
-    bc.build_workbook(lrs).save(os.path.join(src, 'own.xlsx'))
-
-    # Edited as a person would: η of sheet lr=0.5 set to 0.3, w1 at epoch 0 of sheet lr=2.
-    wb = bc.build_workbook(lrs)
-    wb['lr=0.5']['B6'] = 0.3
-    wb['lr=2'][f'B{bc.SHEET_FIRST_ROW}'] = 0.35
-    wb.save(os.path.join(src, 'edited.xlsx'))
-
-    # Planted formula slips: a_h1 for a_h2 in ∂E/∂w3 and ∂E/∂w4 on every row; and a literal
-    # 0.8 for η in the weight formulas of one row (epoch 10).
-    letters = bc.SHEET_LETTERS
-    wb = bc.build_workbook([0.5])
-    ws = wb.active
-    for r in range(bc.SHEET_FIRST_ROW, bc.SHEET_FIRST_ROW + toy.COURSE_EPOCHS):
-      for c in ('dE_dw3', 'dE_dw4'):
-        cell = ws[f'{letters[c]}{r}']
-        cell.value = cell.value.replace(f'{letters["a_h2"]}{r}', f'{letters["a_h1"]}{r}')
-    wb.save(os.path.join(src, 'slip_w3w4.xlsx'))
-    wb = bc.build_workbook([0.5])
-    ws = wb.active
-    for w in toy.WEIGHT_NAMES:
-      cell = ws[f'{letters[w]}{bc.SHEET_FIRST_ROW + 10}']
-      cell.value = cell.value.replace('$B$6', '0.8')
-    wb.save(os.path.join(src, 'slip_lr.xlsx'))
-
-    names = ('own', 'edited', 'slip_w3w4', 'slip_lr')
-    paths = bc.recalculate_with_libreoffice([os.path.join(src, f'{n}.xlsx') for n in names], out)
-    cls.recomputed = dict(zip(names, paths, strict=True))
-
-  def setUp(self):
-    super().setUp()
-    _require_soffice(self)
-
-  def test_every_recomputed_cell_equals_jax(self):
-    for t in _course_sweep():
-      name = bc.sheet_name(t.learning_rate)
-      _assert_sheet_matches(_sheet_values(self.recomputed['own'], name), t, name)
-
-  def test_edited_workbook_recomputes_like_jax(self):
-    eta_edited = bc.run_learning_rate(0.3)
-    _assert_sheet_matches(_sheet_values(self.recomputed['edited'], 'lr=0.5'), eta_edited, 'η=0.3')
-    weights = (0.35, *tuple(toy.COURSE_WEIGHTS.values())[1:])
-    w1_edited = bc.run_learning_rate(2.0, weights=weights)
-    _assert_sheet_matches(_sheet_values(self.recomputed['edited'], 'lr=2'), w1_edited, 'w1=0.35')
-    # The untouched sheets still match the course run.
-    t = _course_sweep()[0]
-    _assert_sheet_matches(_sheet_values(self.recomputed['edited'], 'lr=0.1'), t, 'lr=0.1')
-
-  def test_check_workbook_on_own_recomputed_workbook(self):
-    reports = bc.check_workbook(self.recomputed['own'])
-    self.assertTrue(bc.workbook_agrees(reports), bc.format_report('own', reports))
-    self.assertLen(reports, len(toy.COURSE_LEARNING_RATES))
-    self.assertIn(f'all {toy.COURSE_EPOCHS} rows agree', bc.format_report('own', reports))
-
-  def test_check_workbook_names_the_planted_formula_slips(self):
-    (w3w4,) = bc.check_workbook(self.recomputed['slip_w3w4'])
-    self.assertEqual([(m.column, m.epoch) for m in w3w4.mismatches], [('dE_dw3', 0), ('dE_dw4', 0)])
-    self.assertEqual(w3w4.mismatches[0].cell, f'{bc.SHEET_LETTERS["dE_dw3"]}{bc.SHEET_FIRST_ROW}')
-    (lr,) = bc.check_workbook(self.recomputed['slip_lr'])
-    self.assertEqual([m.column for m in lr.mismatches], list(toy.WEIGHT_NAMES))
-    self.assertEqual({(m.epoch, m.bad_rows) for m in lr.mismatches}, {(10, 1)})
-
-
 class ScriptTest(parameterized.TestCase):
   """backprop_check.py as a command."""
 
@@ -402,6 +176,7 @@ class ScriptTest(parameterized.TestCase):
       '--learning_rates=0.1,-0.5': '-0.5 is not > 0',
       '--weights=0.1,0.2,0.3': 'needs exactly 8 comma-separated numbers, got 3',
       '--epochs=0': '--epochs=0',
+      '--epochs=100000000': f'--epochs must be at most {bc.MAX_EPOCHS:,}',
       f'--out_dir={not_a_dir}/sub': 'is not a writable directory',
     }
     # Started together: each one is mostly Python start-up.
@@ -421,14 +196,24 @@ class ScriptTest(parameterized.TestCase):
         self.assertNotEqual(procs[arg].returncode, 0)
         self.assertIn(message, stderr)
         self.assertNotIn('Traceback', stderr + stdout)
+        errors = [ln for ln in stderr.splitlines() if 'error' in ln.lower()]
+        self.assertLen(errors, 1, stderr)
+        self.assertStartsWith(errors[0], 'backprop_check.py: error: ')
 
-  def test_check_workbook_command(self):
-    path = os.path.join(self.create_tempdir().full_path, 'student.xlsx')
-    _value_workbook(path, bc.run_learning_rate(0.5, hand_grad_fn=_slipped_gradients, check=False))
-    proc = self._run(f'--check_workbook={path}')
+  def test_epochs_bound_is_checked_before_any_work(self):
+    out = os.path.join(self.create_tempdir().full_path, 'not_made')
+    proc = subprocess.run(
+      [sys.executable, 'backprop_check.py', '--epochs=100000000', f'--out_dir={out}'],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=60,  # Unbounded, this run would need ~29 GB and about a day.
+    )
     self.assertEqual(proc.returncode, 1)
-    self.assertIn('∂E/∂w3: first wrong at', proc.stdout)
-    self.assertNotIn('Traceback', proc.stderr)
+    self.assertIn(f'--epochs must be at most {bc.MAX_EPOCHS:,}', proc.stderr)
+    self.assertFalse(os.path.exists(out))
+    # The bound leaves room in a sheet for the rows above the table.
+    self.assertLessEqual(workbook.SHEET_FIRST_ROW + bc.MAX_EPOCHS - 1, workbook.MAX_SHEET_ROWS)
 
 
 if __name__ == '__main__':
