@@ -12,7 +12,6 @@ has drifted from the code.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import glob
 import inspect
@@ -30,6 +29,7 @@ if REPO not in sys.path:  # `python docs/make_docs.py` puts docs/, not the repo,
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Circle  # noqa: E402
@@ -768,31 +768,55 @@ def update_doc(path: str, blocks: dict[str, str]) -> bool:
   return new != old
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument(
-    '--runs',
-    default=None,
-    help='A scripts/seeds.py root (ROOT/seed<N>/summary.json); its finished seeds are copied '
+def regenerate(docs_dir: str = DOCS_DIR, runs: str | None = None) -> dict[str, bool]:
+  """Rewrites the generated blocks and figures under docs_dir, after copying in `runs` if given.
+
+  Returns, for each page, whether its text changed.
+  """
+  if runs:
+    copied = import_runs(runs, docs_dir)
+    print(f'copied seeds {copied} from {runs}')
+  b = compute_backprop()
+  run_records, changed = load_runs(docs_dir), {}
+  for name, blocks in (
+    ('backprop.md', backprop_blocks(b)),
+    ('model.md', model_blocks(run_records)),
+  ):
+    path = os.path.join(docs_dir, name)
+    changed[name] = update_doc(path, blocks)
+    print(f'{path}: {"updated" if changed[name] else "unchanged"}')
+  figures = [*write_backprop_figures(b, docs_dir), *write_run_figures(run_records, docs_dir)]
+  print(f'figures in {os.path.join(docs_dir, FIGURES)}: {", ".join(figures)}')
+  return changed
+
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Defines the flags; called only when run as a script, so that importing this module (as
+  tests/docs_test.py does) defines none."""
+  flags.DEFINE_string(
+    'runs',
+    None,
+    'A scripts/seeds.py root (ROOT/seed<N>/summary.json); its finished seeds are copied '
     'to DOCS/runs/mnist first. Default: use only what is already there.',
   )
-  parser.add_argument('--docs_dir', default=DOCS_DIR, help='Folder with backprop.md, model.md.')
-  args = parser.parse_args(argv)
+  flags.DEFINE_string('docs_dir', DOCS_DIR, 'Folder with backprop.md, model.md.')
+  flags.register_validator(
+    'runs', lambda runs: runs is None or os.path.isdir(runs), '--runs must name a directory'
+  )
 
-  if args.runs:
-    if not os.path.isdir(args.runs):
-      parser.error(f'--runs={args.runs} is not a directory')
-    copied = import_runs(args.runs, args.docs_dir)
-    print(f'copied seeds {copied} from {args.runs}')
-  b = compute_backprop()
-  runs = load_runs(args.docs_dir)
-  for name, blocks in (('backprop.md', backprop_blocks(b)), ('model.md', model_blocks(runs))):
-    path = os.path.join(args.docs_dir, name)
-    print(f'{path}: {"updated" if update_doc(path, blocks) else "unchanged"}')
-  figures = [*write_backprop_figures(b, args.docs_dir), *write_run_figures(runs, args.docs_dir)]
-  print(f'figures in {os.path.join(args.docs_dir, FIGURES)}: {", ".join(figures)}')
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not FLAGS['verbosity'].present:  # Library INFO logs (JAX, orbax) only on --verbosity=0.
+    logging.set_verbosity(logging.WARNING)
+  regenerate(FLAGS.docs_dir, FLAGS.runs)
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  _define_flags()
+  app.run(main)

@@ -17,7 +17,6 @@ Prints one line per kill and a verdict; the exit status is 0 only if all is bit-
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import queue
@@ -29,6 +28,8 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+
+from absl import app, flags, logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = 'S6JAX_PHASE '
@@ -318,34 +319,41 @@ def crash_resume(
   return {'ok': ok, 'kills': results, 'problems': problems}
 
 
-def main() -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--kills', type=int, default=10)
-  parser.add_argument('--epochs', type=int, default=3)
-  parser.add_argument('--seed', type=int, default=0, help='Seeds the choice of kill moments.')
-  parser.add_argument('--root', default='/tmp/crash_resume', help='Emptied, then filled.')
-  parser.add_argument(
-    '--moments', default='', help="Comma-separated, e.g. 'train of epoch 1,save of epoch 1'."
-  )
-  parser.add_argument('--num_train', type=int, default=1024, help='Training images.')
-  parser.add_argument('--num_test', type=int, default=1000, help='Test images.')
-  parser.add_argument(
-    '--no_compile_cache', action='store_true', help='Compile afresh in every restart.'
-  )
-  args = parser.parse_args()
-  moments = [m.strip() for m in args.moments.split(',') if m.strip()] or None
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Defines the flags; called only when run as a script, so that importing this module (as
+  tests/reliability_test.py does) defines none."""
+  flags.DEFINE_integer('kills', 10, 'How many times to SIGKILL the run.', lower_bound=0)
+  flags.DEFINE_integer('epochs', 3, 'Epochs of the short training run.', lower_bound=1)
+  flags.DEFINE_integer('seed', 0, 'Seeds the choice of kill moments.')
+  flags.DEFINE_string('root', '/tmp/crash_resume', 'Emptied, then filled.')
+  flags.DEFINE_string('moments', '', "Comma-separated, e.g. 'train of epoch 1,save of epoch 1'.")
+  flags.DEFINE_integer('num_train', 1024, 'Training images.', lower_bound=1)
+  flags.DEFINE_integer('num_test', 1000, 'Test images.', lower_bound=1)
+  flags.DEFINE_boolean('no_compile_cache', False, 'Compile afresh in every restart.')
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not FLAGS['verbosity'].present:  # Library INFO logs (JAX, orbax) only on --verbosity=0.
+    logging.set_verbosity(logging.WARNING)
+  moments = [m.strip() for m in FLAGS.moments.split(',') if m.strip()] or None
   result = crash_resume(
-    args.root,
-    args.kills,
-    args.epochs,
-    args.seed,
+    FLAGS.root,
+    FLAGS.kills,
+    FLAGS.epochs,
+    FLAGS.seed,
     moments,
-    num_train=args.num_train,
-    num_test=args.num_test,
-    compile_cache=not args.no_compile_cache,
+    num_train=FLAGS.num_train,
+    num_test=FLAGS.num_test,
+    compile_cache=not FLAGS.no_compile_cache,
   )
   return 0 if result['ok'] else 1
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  _define_flags()
+  app.run(main)

@@ -13,7 +13,6 @@ timing row (the README's GPU table: seed 0's seconds to 99.4 %, per epoch, image
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -21,7 +20,10 @@ import subprocess
 import sys
 import time
 
+from absl import app, flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = flags.FLAGS
 HEADER = (
   '| seed | params | best % | final % | mean of last 3 % | min of last 3 % '
   '| first epoch ≥ 99.4 % | epochs | train s | compile s | hardware |\n'
@@ -100,29 +102,37 @@ def read_history(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def main() -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--config', default='configs/mnist.py')
-  parser.add_argument('--seeds', default='0,1,2,3,4')
-  parser.add_argument('--root', required=True, help='Workdirs go to ROOT/seed<N>.')
-  parser.add_argument(
-    '--table_only',
-    action='store_true',
-    help='Train nothing: build the table from the runs ROOT/seed<N>/summary.json already holds '
+def _define_flags():
+  """Defines the flags; called only when run as a script, so that importing this module (tests,
+  docs/make_docs.py) defines none."""
+  flags.DEFINE_string('config', 'configs/mnist.py', 'The config file train.py runs.')
+  flags.DEFINE_list('seeds', ['0', '1', '2', '3', '4'], 'Seeds, comma-separated.')
+  flags.DEFINE_string('root', None, 'Workdirs go to ROOT/seed<N>.', required=True)
+  flags.DEFINE_boolean(
+    'table_only',
+    False,
+    'Train nothing: build the table from the runs ROOT/seed<N>/summary.json already holds '
     '(e.g. seeds trained at once on one GPU by scripts/gpu_check.sh).',
   )
-  parser.add_argument(
-    '--timings',
-    action='store_true',
-    help='Also print the timing row of the first seed given (it should have trained alone).',
+  flags.DEFINE_boolean(
+    'timings',
+    False,
+    'Also print the timing row of the first seed given (it should have trained alone).',
   )
-  args, extra = parser.parse_known_args()
-  extra = [a for a in extra if a != '--']
-  seeds = [int(s) for s in args.seeds.split(',')]
+  flags.register_validator(
+    'seeds',
+    lambda seeds: bool(seeds) and all(s.strip().isdigit() for s in seeds),
+    '--seeds: one or more whole numbers, comma-separated',
+  )
+
+
+def main(argv: list[str]) -> int:
+  extra = argv[1:]  # What follows `--`: flags for train.py.
+  seeds = [int(s) for s in FLAGS.seeds]
   summaries = []
   for seed in seeds:
-    workdir = os.path.join(args.root, f'seed{seed}')
-    if args.table_only:
+    workdir = os.path.join(FLAGS.root, f'seed{seed}')
+    if FLAGS.table_only:
       try:
         with open(os.path.join(workdir, 'summary.json')) as f:
           summaries.append(json.load(f))
@@ -133,7 +143,7 @@ def main() -> int:
     cmd = [
       sys.executable,
       os.path.join(REPO, 'train.py'),
-      f'--config={args.config}',
+      f'--config={FLAGS.config}',
       f'--workdir={workdir}',
       f'--config.seed={seed}',
       *extra,
@@ -151,15 +161,16 @@ def main() -> int:
     summaries.append(summary)
     print(f'{row(summary)}  ({time.time() - t0:.0f} s wall)', flush=True)
   table = '\n'.join([HEADER, *map(row, summaries)]) + f'\n\n{footer(summaries)}\n'
-  if args.timings:
-    history = read_history(os.path.join(args.root, f'seed{seeds[0]}'))
+  if FLAGS.timings:
+    history = read_history(os.path.join(FLAGS.root, f'seed{seeds[0]}'))
     table += f'\n{TIMING_HEADER}\n{timing_row(summaries, history)}\n'
-  os.makedirs(args.root, exist_ok=True)
-  with open(os.path.join(args.root, 'table.md'), 'w') as f:
+  os.makedirs(FLAGS.root, exist_ok=True)
+  with open(os.path.join(FLAGS.root, 'table.md'), 'w') as f:
     f.write(f'`{" ".join(["python", "scripts/seeds.py", *sys.argv[1:]])}`\n\n{table}')
   print(table)
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  _define_flags()
+  app.run(main)

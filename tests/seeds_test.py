@@ -82,6 +82,14 @@ class TableOnlyTest(absltest.TestCase):
     with open(os.path.join(root, 'table.md')) as f:
       self.assertIn(row, f.read())
 
+  def test_arguments_after_double_dash_go_to_train_py(self):
+    # An unknown config field makes train.py stop at start-up, naming the field it was given.
+    root = self.create_tempdir().full_path
+    proc = _run('--seeds=0', f'--root={root}', '--', '--config.no_such_field=1')
+    self.assertEqual(proc.returncode, 1)
+    self.assertIn('seed 0: train.py failed', proc.stderr)
+    self.assertIn('no_such_field', proc.stderr)
+
   def test_a_missing_run_is_an_error_not_a_training(self):
     root = self.create_tempdir().full_path
     proc = _run('--table_only', '--seeds=7', f'--root={root}')
