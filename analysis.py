@@ -141,7 +141,11 @@ def analyse_workdir(workdir: str, data_dir: str | None = None) -> dict:
     config.ema_decay = 0.0
   if data_dir is not None:
     config.data_dir = data_dir
-  test = input_pipeline.get_datasets(config.data_dir, config.tfds_data_dir or None)['test']
+  test = input_pipeline.get_datasets(
+    config.data_dir,
+    config.get('data_url', input_pipeline.MNIST_URL),
+    config.get('download_dir', ''),
+  )['test']
   steps = 60_000 // config.batch_size
   state = train.create_train_state(jax.random.key(0), config, steps)
   state, epoch = train.restore_latest(train.checkpoint_manager(workdir, 1000), state)

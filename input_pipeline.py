@@ -1,8 +1,10 @@
-"""MNIST as uint8 arrays, from TFDS or from a folder of IDX files; on-device preprocessing.
+"""MNIST as uint8 arrays from a folder of IDX files, downloaded once if need be; on-device
+preprocessing.
 
-Two sources give identical arrays for the same data:
-  * `load_tfds(split)`: `tfds.data_source('mnist')` (the default when `data_dir` is empty).
   * `load_idx_dir(path, split)`: the four standard IDX files, `.gz` or raw, e.g. ../shared/mnist.
+  * `download_mnist(url, download_dir)`: fetches them once (TFDS's download manager, TFDS's
+    MNIST URL by default), checks their content against the published sha256 sums, and
+    returns the cache folder, which `load_idx_dir` then reads.
 
 Everything read is validated; any problem raises `DataError` with the file and what is wrong.
 Normalisation and augmentation are pure JAX functions that run on the device inside the
@@ -12,8 +14,10 @@ jitted train step (see `preprocess` and `augment`).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
+import shutil
 import zlib
 from typing import NamedTuple
 
@@ -148,32 +152,109 @@ def write_idx(path: str, array: np.ndarray) -> None:
     f.write(data)
 
 
-# ----------------------------------------------------------------------------- TFDS
+# ----------------------------------------------------------------------------- download
+
+# Where TFDS's MNIST builder downloads the four .gz files from.
+MNIST_URL = 'https://storage.googleapis.com/cvdf-datasets/mnist/'
+# sha256 of each file's *uncompressed* bytes, the published MNIST: a mirror may re-compress
+# the files (so their .gz sums differ), but the content must not change.
+SHA256 = {
+  't10k-images-idx3-ubyte': '0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7',
+  't10k-labels-idx1-ubyte': 'ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2',
+  'train-images-idx3-ubyte': 'ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db',
+  'train-labels-idx1-ubyte': '65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5',
+}
+CACHE_SUBDIR = 'mnist_idx'  # Under download_dir: the verified files, an IDX folder itself.
+_PROBE_TIMEOUT_S = 20  # For the one request that checks the server answers at all.
 
 
-def load_tfds(split: str, tfds_data_dir: str | None = None) -> Split:
-  """Reads one split of MNIST through `tfds.data_source` (no TensorFlow needed to read)."""
-  import tensorflow_datasets as tfds  # Imported lazily: slow, and unused for IDX folders.
+def default_download_dir() -> str:
+  """TFDS's download folder: $TFDS_DATA_DIR/downloads, else ~/tensorflow_datasets/downloads."""
+  from tensorflow_datasets.core import constants  # Lazy: TFDS is slow to import.
+
+  return os.path.join(os.path.expanduser(constants.DATA_DIR), 'downloads')
+
+
+def _offline_hint(url: str) -> str:
+  return (
+    f'Without network access to {url}, point --config.data_dir at a folder holding the four '
+    'MNIST IDX files (.gz or raw), or --config.data_url at a mirror that serves them.'
+  )
+
+
+def _check_server(url: str) -> None:
+  """One quick request, so that an unreachable server fails in seconds: TFDS's downloader
+  retries a refused connection 10 times with exponential back-off (~3.5 minutes)."""
+  import requests  # A TFDS dependency; lazy like TFDS.
 
   try:
-    source = tfds.data_source('mnist', split=split, data_dir=tfds_data_dir)
-    examples = [source[i] for i in range(len(source))]
-  except Exception as e:  # TFDS raises many types (network, missing modules, ...).
+    requests.head(url, timeout=_PROBE_TIMEOUT_S, allow_redirects=True)
+  except requests.RequestException as e:
+    raise DataError(f'cannot reach {url} ({type(e).__name__}). ' + _offline_hint(url)) from e
+
+
+def download_mnist(url: str = MNIST_URL, download_dir: str = '') -> str:
+  """Downloads the four MNIST files once and returns the folder of verified IDX .gz files.
+
+  Files already in download_dir/mnist_idx are used as they are (no request is made). Missing
+  ones are fetched from `url` with TFDS's `DownloadManager` (no TensorFlow needed), their
+  uncompressed bytes checked against `SHA256`, then moved into that folder. A file that fails
+  the check is deleted and raises DataError; so does an unreachable server.
+  """
+  download_dir = download_dir or default_download_dir()
+  folder = os.path.join(download_dir, CACHE_SUBDIR)
+  missing = [s for s in SHA256 if not os.path.isfile(os.path.join(folder, s + '.gz'))]
+  if not missing:
+    return folder
+  base = url if url.endswith('/') else url + '/'
+  urls = {stem: base + stem + '.gz' for stem in missing}
+  _check_server(urls[missing[0]])
+  import tensorflow_datasets as tfds  # Lazy: slow to import, and unused for IDX folders.
+
+  manager = tfds.download.DownloadManager(download_dir=download_dir)
+  try:
+    paths = manager.download(urls)
+  except Exception as e:  # requests, TFDS's DownloadError, ...: all mean the same here.
+    first_line = str(e).splitlines()[0][:200] if str(e) else ''
     raise DataError(
-      f'could not load MNIST through TFDS ({type(e).__name__}: {e}). Without network access, '
-      'point --config.data_dir at a folder of the four MNIST IDX files (.gz or raw), '
-      'e.g. --config.data_dir=../shared/mnist.'
+      f'downloading MNIST from {base} failed ({type(e).__name__}: {first_line}). '
+      + _offline_hint(base)
     ) from e
-  images = np.stack([np.asarray(ex['image'], np.uint8).reshape(IMAGE_SHAPE) for ex in examples])
-  labels = np.asarray([ex['label'] for ex in examples], dtype=np.int32)
-  return Split(images=images, labels=labels)
+  finally:
+    _remove_partial_downloads(download_dir)
+  os.makedirs(folder, exist_ok=True)
+  for stem, path in paths.items():
+    path, info = str(path), str(path) + '.INFO'
+    try:
+      digest = hashlib.sha256(_read_bytes(path)).hexdigest()
+    except DataError:
+      digest = 'unreadable gzip'
+    if digest != SHA256[stem]:
+      for leftover in (path, info):
+        if os.path.exists(leftover):
+          os.remove(leftover)
+      raise DataError(
+        f"{urls[stem]}: the downloaded file is not MNIST's {stem}: sha256 of its content "
+        f'{digest}, expected {SHA256[stem]}. It was deleted; check --config.data_url.'
+      )
+    os.replace(path, os.path.join(folder, stem + '.gz'))
+    if os.path.exists(info):
+      os.remove(info)
+  return folder
 
 
-def get_datasets(data_dir: str = '', tfds_data_dir: str | None = None) -> dict[str, Split]:
-  """Returns {'train': Split, 'test': Split} from `data_dir` (IDX) or, if empty, from TFDS."""
-  if data_dir:
-    return {split: load_idx_dir(data_dir, split) for split in ('train', 'test')}
-  return {split: load_tfds(split, tfds_data_dir) for split in ('train', 'test')}
+def _remove_partial_downloads(download_dir: str) -> None:
+  """Deletes the temp folders TFDS leaves behind when a download fails midway."""
+  for name in os.listdir(download_dir):
+    if '.tmp.' in name:
+      shutil.rmtree(os.path.join(download_dir, name), ignore_errors=True)
+
+
+def get_datasets(data_dir: str = '', data_url: str = MNIST_URL, download_dir: str = '') -> dict:
+  """{'train': Split, 'test': Split} from the IDX folder `data_dir`; if it is empty, from the
+  files `download_mnist` fetches (once) from `data_url` into `download_dir`."""
+  folder = data_dir or download_mnist(data_url, download_dir)
+  return {split: load_idx_dir(folder, split) for split in ('train', 'test')}
 
 
 # ----------------------------------------------------------------------------- on device

@@ -1,6 +1,6 @@
 """Trains the MNIST CNN with optax: one pure, jitted train step, data and augmentation on device.
 
-  python train.py --config=configs/mnist.py --workdir=/tmp/mnist --config.data_dir=../shared/mnist
+  python train.py --config=configs/mnist.py --workdir=/tmp/mnist [--config.data_dir=../shared/mnist]
 
 `train_and_evaluate(config, workdir)` does the work and never reads FLAGS. Per epoch it writes
 workdir/metrics.jsonl, TensorBoard events (workdir/tb) and an orbax checkpoint
@@ -575,7 +575,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   validate_config(config)
   workdir = prepare_workdir(workdir)
-  data = input_pipeline.get_datasets(config.data_dir, config.tfds_data_dir or None)
+  data = input_pipeline.get_datasets(config.data_dir, config.data_url, config.download_dir)
   train_data, test_data = data['train'], data['test']
   steps_per_epoch = len(train_data.labels) // config.batch_size
   if steps_per_epoch < 1:

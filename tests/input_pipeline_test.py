@@ -1,16 +1,20 @@
-"""Tests for input_pipeline: IDX and TFDS sources, validation, fuzzing, on-device augmentation."""
+"""Tests for input_pipeline: IDX files, the download, validation, fuzzing, augmentation."""
 
 import gzip
+import hashlib
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 from unittest import mock
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow_datasets as tfds
 from absl.testing import absltest, parameterized
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -152,39 +156,124 @@ class IdxFuzzTest(absltest.TestCase):
       shutil.rmtree(folder)
 
 
-class TfdsTest(absltest.TestCase):
-  def test_mock_data_shapes(self):
-    with tfds.testing.mock_data(num_examples=8):
-      data = input_pipeline.get_datasets('')
-    self.assertEqual(data['train'].images.shape, (8, 28, 28))
-    self.assertEqual(data['train'].images.dtype, np.uint8)
-    self.assertEqual(data['test'].labels.dtype, np.int32)
-    self.assertTrue(np.all((data['test'].labels >= 0) & (data['test'].labels < 10)))
+def cached_files(folder: str) -> list[str]:
+  return sorted(
+    os.path.relpath(os.path.join(root, name), folder)
+    for root, _, names in os.walk(folder)
+    for name in names
+  )
 
-  def test_tfds_and_idx_give_identical_arrays(self):
-    folder = testutil.write_idx_dir(self.create_tempdir().full_path, 24, 10)
-    idx = input_pipeline.get_datasets(folder)
 
-    def as_data_source(builder, split, **kwargs):
-      del builder, kwargs
-      split = split if isinstance(split, str) else split[0]
-      s = idx[split]
-      # What TFDS's MNIST yields: image [28, 28, 1] uint8 and an int64 label.
-      return [
-        {'image': im[..., None], 'label': np.int64(lb)}
-        for im, lb in zip(s.images, s.labels, strict=True)
-      ]
+class DownloadTest(absltest.TestCase):
+  """download_mnist against a local server: small IDX files, with their own sums patched in."""
 
-    with tfds.testing.mock_data(as_data_source_fn=as_data_source):
-      via_tfds = input_pipeline.get_datasets('')
+  def setUp(self):
+    super().setUp()
+    self.served = testutil.write_idx_dir(self.create_tempdir().full_path, 40, 12)
+    self.url, self.requests, stop = testutil.serve(self.served)
+    self.addCleanup(stop)
+    self.cache = self.create_tempdir().full_path
+    self.enter_context(mock.patch.dict(input_pipeline.SHA256, testutil.content_sums(self.served)))
+
+  def test_downloads_once_then_reads_the_cache(self):
+    data = input_pipeline.get_datasets('', self.url, self.cache)
+    first = list(self.requests)
+    self.assertLen([r for r in first if r.startswith('GET')], 4, first)
+    expected = input_pipeline.get_datasets(self.served)
     for split in ('train', 'test'):
-      np.testing.assert_array_equal(via_tfds[split].images, idx[split].images)
-      np.testing.assert_array_equal(via_tfds[split].labels, idx[split].labels)
+      np.testing.assert_array_equal(data[split].images, expected[split].images)
+      np.testing.assert_array_equal(data[split].labels, expected[split].labels)
+    folder = os.path.join(self.cache, input_pipeline.CACHE_SUBDIR)
+    self.assertEqual(cached_files(folder), sorted(s + '.gz' for s in input_pipeline.SHA256))
+    again = input_pipeline.get_datasets('', self.url, self.cache)
+    self.assertEqual(self.requests, first, 'the second run made requests')
+    np.testing.assert_array_equal(again['test'].images, expected['test'].images)
 
-  def test_no_network_error_names_the_setting(self):
-    with mock.patch.object(tfds, 'data_source', side_effect=ConnectionError('no route to host')):
-      with self.assertRaisesRegex(input_pipeline.DataError, r'--config\.data_dir'):
-        input_pipeline.get_datasets('')
+  def test_a_recompressed_mirror_passes(self):
+    # The sums are of the content, so a mirror that gzips at another level is accepted.
+    for name in os.listdir(self.served):
+      path = os.path.join(self.served, name)
+      with gzip.open(path) as f:
+        raw = f.read()
+      with open(path, 'wb') as f:
+        f.write(gzip.compress(raw, compresslevel=1, mtime=0))
+    data = input_pipeline.get_datasets('', self.url, self.cache)
+    self.assertEqual(data['train'].images.shape, (40, 28, 28))
+
+  def test_wrong_content_is_refused_and_deleted(self):
+    stem = 'train-labels-idx1-ubyte'
+    path = os.path.join(self.served, stem + '.gz')
+    with gzip.open(path) as f:
+      raw = bytearray(f.read())
+    raw[-1] = (raw[-1] + 1) % 10  # Still a valid IDX file: one label changed.
+    with open(path, 'wb') as f:
+      f.write(gzip.compress(bytes(raw)))
+    actual = hashlib.sha256(bytes(raw)).hexdigest()
+    with self.assertRaises(input_pipeline.DataError) as cm:
+      input_pipeline.download_mnist(self.url, self.cache)
+    message = str(cm.exception)
+    self.assertIn(stem, message)
+    self.assertIn(actual, message)
+    self.assertIn(input_pipeline.SHA256[stem], message)
+    self.assertLen(message.splitlines(), 1)
+    leftovers = cached_files(self.cache)
+    self.assertFalse([f for f in leftovers if 'train-labels' in f or '.tmp.' in f], leftovers)
+
+  def test_unreachable_server_fails_fast_and_names_the_way_out(self):
+    sock = socket.socket()
+    sock.bind(('127.0.0.1', 0))
+    port = sock.getsockname()[1]
+    sock.close()  # Nothing listens there now.
+    url = f'http://127.0.0.1:{port}/'
+    start = time.monotonic()
+    with self.assertRaisesRegex(input_pipeline.DataError, r'--config\.data_dir') as cm:
+      input_pipeline.get_datasets('', url, self.cache)
+    self.assertLess(time.monotonic() - start, 30)
+    self.assertIn(url, str(cm.exception))
+    self.assertEqual(cached_files(self.cache), [])
+
+  def test_missing_file_on_the_server(self):
+    os.remove(os.path.join(self.served, 't10k-images-idx3-ubyte.gz'))
+    with self.assertRaisesRegex(input_pipeline.DataError, 'downloading MNIST from'):
+      input_pipeline.download_mnist(self.url, self.cache)
+    self.assertFalse([f for f in cached_files(self.cache) if '.tmp.' in f])
+
+  def test_progress_output_does_not_break_a_non_tty_run(self):
+    script = (
+      'import sys, input_pipeline\n'
+      'input_pipeline.SHA256.update(dict(a.split("=") for a in sys.argv[3:]))\n'
+      'print(input_pipeline.download_mnist(sys.argv[1], sys.argv[2]))\n'
+    )
+    sums = [f'{k}={v}' for k, v in input_pipeline.SHA256.items()]
+    out = subprocess.run(
+      [sys.executable, '-c', script, self.url, self.cache, *sums],
+      cwd=testutil.REPO_ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+      timeout=300, check=False,
+    )  # fmt: skip
+    self.assertEqual(out.returncode, 0, out.stderr[-2000:])
+    self.assertEqual(out.stdout.strip(), os.path.join(self.cache, input_pipeline.CACHE_SUBDIR))
+
+
+class PublishedSumsTest(absltest.TestCase):
+  def test_sums_are_the_published_ones(self):
+    testutil.require_real_mnist(self)
+    with open(os.path.join(testutil.MNIST_DIR, 'SHA256SUMS.uncompressed')) as f:
+      published = {name: digest for digest, name in (line.split() for line in f if line.strip())}
+    self.assertEqual(input_pipeline.SHA256, published)
+
+  def test_the_url_is_tfds_own(self):
+    from tensorflow_datasets.image_classification import mnist as tfds_mnist
+
+    self.assertEqual(input_pipeline.MNIST_URL, tfds_mnist._MNIST_URL)
+
+  def test_real_files_download_and_verify(self):
+    testutil.require_real_mnist(self)
+    url, _, stop = testutil.serve(testutil.MNIST_DIR)
+    self.addCleanup(stop)
+    cache = self.create_tempdir().full_path
+    data = input_pipeline.get_datasets('', url, cache)
+    self.assertEqual(data['train'].images.shape, (60_000, 28, 28))
+    self.assertEqual(data['test'].labels.shape, (10_000,))
 
 
 class AugmentTest(chex.TestCase):

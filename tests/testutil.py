@@ -1,14 +1,18 @@
 """Shared helpers for the tests: where the real MNIST lies, small IDX folders, tiny configs."""
 
 import functools
+import gzip
+import hashlib
+import http.server
 import os
 import tempfile
+import threading
 
 import numpy as np
 from absl.testing import absltest
 
 import input_pipeline
-from configs import mnist
+from configs import gap
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The real MNIST IDX files: ../shared/mnist beside the checkout (CI lays it there too).
@@ -52,8 +56,11 @@ def write_idx_dir(folder: str, num_train: int, num_test: int, gz: bool = True) -
 
 
 def tiny_config(data_dir: str, **overrides):
-  """The default config shrunk for tests: batch 8, 1 epoch, 2 steps per call, no plots."""
-  config = mnist.get_config()
+  """configs/gap.py shrunk for tests: batch 8, 1 epoch, 2 steps per call, no plots.
+
+  The GAP base, not the default: no weight average and no dropout unless a test asks for them.
+  """
+  config = gap.get_config()
   config.data_dir = data_dir
   config.batch_size = 8
   config.eval_batch_size = 8
@@ -88,3 +95,44 @@ def reference_run():
   """
   config, workdir, summary = _reference_run()
   return config.copy_and_resolve_references(), workdir, summary
+
+
+class _CountingHandler(http.server.SimpleHTTPRequestHandler):
+  """Serves one folder, counting the requests (the test server's log)."""
+
+  requests: list[str]
+
+  def do_GET(self):
+    self.requests.append(f'GET {self.path}')
+    super().do_GET()
+
+  def do_HEAD(self):
+    self.requests.append(f'HEAD {self.path}')
+    super().do_HEAD()
+
+  def log_message(self, *args):
+    del args  # Quiet: the test output stays readable.
+
+
+def serve(folder: str):
+  """Starts a stdlib HTTP server on a free loopback port; returns (base URL, request log, stop)."""
+  handler = type('Handler', (_CountingHandler,), {'requests': []})
+  server = http.server.ThreadingHTTPServer(
+    ('127.0.0.1', 0), functools.partial(handler, directory=folder)
+  )
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+
+  def stop():
+    server.shutdown()
+    server.server_close()
+
+  return f'http://127.0.0.1:{server.server_address[1]}/', handler.requests, stop
+
+
+def content_sums(folder: str) -> dict[str, str]:
+  """sha256 of each IDX file's uncompressed bytes, as input_pipeline.SHA256 holds them."""
+  sums = {}
+  for stem in input_pipeline.SHA256:
+    with gzip.open(os.path.join(folder, stem + '.gz')) as f:
+      sums[stem] = hashlib.sha256(f.read()).hexdigest()
+  return sums

@@ -10,9 +10,9 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow_datasets as tfds
 from absl.testing import absltest, parameterized
 
+import input_pipeline
 import train
 from configs import mnist
 from tests import testutil
@@ -104,7 +104,9 @@ class EmaTest(chex.TestCase):
     np.testing.assert_allclose(train.ema_update(ema, new, jnp.asarray(0), 0.999)['w'], 1.0)
 
   def test_no_average_is_carried_when_off(self):
-    state = train.create_train_state(jax.random.key(0), mnist.get_config(), 100)
+    config = mnist.get_config()
+    config.ema_decay = 0.0
+    state = train.create_train_state(jax.random.key(0), config, 100)
     self.assertIsNone(state.ema)
     chex.assert_trees_all_equal(state.params, self.state.ema['params'])  # Same init either way.
     new, _ = train.train_step(state, self.images, self.labels, jax.random.key(2))
@@ -255,11 +257,15 @@ class TrainAndEvaluateTest(absltest.TestCase):
     chex.assert_tree_all_finite(state.params)
     self.assertLen(_read_metrics(workdir), 1)
 
-  def test_tfds_mock_data(self):
-    config = testutil.tiny_config('')
-    with tfds.testing.mock_data(num_examples=16):
-      summary = train.train_and_evaluate(config, self.create_tempdir().full_path)
+  def test_trains_on_downloaded_data(self):
+    served = testutil.write_idx_dir(self.create_tempdir().full_path, 16, 8)
+    url, requests, stop = testutil.serve(served)
+    self.addCleanup(stop)
+    self.enter_context(mock.patch.dict(input_pipeline.SHA256, testutil.content_sums(served)))
+    config = testutil.tiny_config('', data_url=url, download_dir=self.create_tempdir().full_path)
+    summary = train.train_and_evaluate(config, self.create_tempdir().full_path)
     self.assertEqual(summary['epochs'], 1)
+    self.assertLen([r for r in requests if r.startswith('GET')], 4)
 
 
 _SHARDED_SCRIPT = """

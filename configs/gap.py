@@ -1,0 +1,51 @@
+"""GAP config: the 17,946-parameter CNN with a global-average-pool head, 12 epochs.
+
+Command:
+
+  python scripts/seeds.py --config=configs/gap.py --seeds=0,1,2,3,4 --root=workdirs/gap \
+      -- --config.data_dir=../shared/mnist
+
+The recipe docs/model.md explains layer by layer, and the base the small configs start from.
+Result (seeds 0-4, 2-core AMD EPYC CPU, docs/runs/gap): final test accuracy 99.53 / 99.40 /
+99.47 / 99.46 / 99.55 %, every seed >= 99.4 % by epoch 9-12, but no seed holds it for its
+last 3 epochs: the bar is reached only as the one-cycle schedule ends, so another CPU's
+rounding can decide it. configs/mnist.py, the default, has the margin.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The GAP net: batch 128, 12 epochs, rotations and shifts, no weight averaging."""
+  c = ml_collections.ConfigDict()
+
+  # --- Data
+  c.data_dir = ''  # Folder of the four MNIST IDX files (.gz or raw). '' = download them once.
+  c.data_url = 'https://storage.googleapis.com/cvdf-datasets/mnist/'  # TFDS's MNIST URL.
+  c.download_dir = ''  # Download cache; '' = TFDS's ($TFDS_DATA_DIR or ~/tensorflow_datasets).
+
+  # --- Model (nets/cnn.py)
+  c.arch = 'default'  # Key of nets.cnn.ARCHITECTURES.
+  c.dropout_rate = 0.0  # Used only by architectures with a 'dropout' layer.
+
+  # --- Optimisation: SGD + Nesterov momentum, one-cycle learning rate.
+  c.num_epochs = 12  # Passes over the 60,000 training images.
+  c.batch_size = 128  # Global batch, split across all devices.
+  c.learning_rate = 0.1  # Peak of the one-cycle schedule.
+  c.warmup_fraction = 0.25  # Fraction of all steps spent rising to the peak.
+  c.momentum = 0.9  # Nesterov momentum.
+  c.weight_decay = 5e-4  # L2 decay added to the gradient (all parameters).
+  c.label_smoothing = 0.0  # Cross-entropy label smoothing in [0, 1).
+  c.ema_decay = 0.0  # Evaluate an exponential moving average of the weights (0 = off).
+
+  # --- Augmentation (on device, inside the train step)
+  c.max_degrees = 7.0  # Random rotation in [-max_degrees, +max_degrees].
+  c.max_shift = 2.0  # Random translation in pixels, per axis.
+
+  # --- Run
+  c.seed = 0  # Seeds init, shuffling, augmentation and dropout.
+  c.eval_batch_size = 1000  # Test images per evaluation step (the last batch is padded).
+  c.steps_per_call = 0  # Train steps per jitted call; 0 = auto (8 on CPU, a whole epoch else).
+  c.checkpoints_to_keep = 3  # Newest checkpoints kept in workdir/checkpoints.
+  c.plots = True  # Write training-curve and misclassified-digit PNGs at the end.
+  return c
