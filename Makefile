@@ -1,24 +1,31 @@
 # The two commands a newcomer needs (README): `make train` and `make test`.
-PYTHON ?= python
-MNIST ?= ../shared/mnist
+# Both work on a stock system: they make and use a project virtualenv (.venv, from
+# `python3 -m venv`), so neither needs `python` on PATH nor a writable system site-packages.
+# PYTHON=/path/to/python uses that interpreter (and its environment) instead of .venv.
+VENV ?= .venv
+PYTHON ?= $(VENV)/bin/python
 WORKDIR ?= workdirs/mnist_default
+ARGS ?=
+# Beside this project's own checkouts lies a copy of MNIST; elsewhere train.py downloads it once.
+SHARED_MNIST := ../shared/mnist
+DATA_ARG := $(if $(wildcard $(SHARED_MNIST)/train-images-idx3-ubyte.gz),--config.data_dir=$(SHARED_MNIST))
 
 .PHONY: install install-test train test lint
 
-install:
+$(VENV)/bin/python:
+	python3 -m venv $(VENV) || { echo "error: 'python3 -m venv' failed: install Python >= 3.10 with venv (Debian/Ubuntu: apt-get install python3-venv)"; exit 1; }
+
+install: $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/bin/python)
 	$(PYTHON) -m pip install -q -e .
 
-# LibreOffice recomputes the backprop workbook in the tests (Debian package; root or sudo).
-install-test: install
-	command -v soffice >/dev/null || { apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends libreoffice-calc-nogui; }
+install-test: $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/bin/python)
 	$(PYTHON) -m pip install -q -e '.[test]'
 
 train: install
-	$(PYTHON) train.py --config=configs/mnist.py --workdir=$(WORKDIR) --config.data_dir=$(MNIST)
+	$(PYTHON) train.py --config=configs/mnist.py --workdir=$(WORKDIR) $(DATA_ARG) $(ARGS)
 
 test: install-test
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest $(ARGS)
 
 lint:
-	ruff format --check . && ruff check .
+	$(PYTHON) -m ruff format --check . && $(PYTHON) -m ruff check .
