@@ -1,11 +1,11 @@
 """Regenerates every number, table and figure in docs/backprop.md and docs/model.md.
 
-  python docs/make_docs.py                         # from the runs committed under docs/runs/mnist
-  python docs/make_docs.py --runs=workdirs/mnist   # first copy in the finished seeds of a sweep
+  python docs/make_docs.py                         # from the runs committed under docs/runs/gap
+  python docs/make_docs.py --runs=workdirs/gap     # first copy in the finished seeds of a sweep
 
 The Markdown text between `<!-- BEGIN generated:NAME -->` and `<!-- END generated:NAME -->` is
 rewritten from the project's own code (nets/toy.py, backprop_check.py, nets/cnn.py,
-configs/mnist.py, scripts/seeds.py, analysis.py); the prose around it is left alone. Figures go
+configs/gap.py, scripts/seeds.py, analysis.py); the prose around it is left alone. Figures go
 to docs/figures/. tests/docs_test.py regenerates the blocks and fails when the committed text
 has drifted from the code.
 """
@@ -35,12 +35,12 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Circle  # noqa: E402
 
 import backprop_check as bc  # noqa: E402
-from configs import mnist  # noqa: E402
+from configs import gap  # noqa: E402
 from nets import cnn, toy  # noqa: E402
 from scripts import seeds  # noqa: E402
 
 DOCS_DIR = os.path.join(REPO, 'docs')
-COMMITTED_RUNS = os.path.join('runs', 'mnist')  # Under the docs dir.
+COMMITTED_RUNS = os.path.join('runs', 'gap')  # Under the docs dir.
 FIGURES = 'figures'  # Under the docs dir.
 
 # The sheet shown row by row: η = 1, so each new weight is the old one minus its gradient.
@@ -527,14 +527,14 @@ def write_backprop_figures(b: Backprop, docs_dir: str) -> dict[str, Figure]:
 # The CNN.
 
 
-def config_fields(path: str = os.path.join(REPO, 'configs', 'mnist.py')) -> list[tuple[str, str]]:
+def config_fields(path: str = os.path.join(REPO, 'configs', 'gap.py')) -> list[tuple[str, str]]:
   """(field, inline comment) for each `c.field = value  # comment` line of a config file."""
   with open(path) as f:
     return re.findall(r'^\s*c\.(\w+) = .*?#\s*(.*)$', f.read(), re.M)
 
 
 def block_layers(_=None) -> str:
-  arch = mnist.get_config().arch
+  arch = gap.get_config().arch
   return cnn.format_summary(cnn.summary(cnn.build(arch))) + '\n'
 
 
@@ -553,7 +553,7 @@ def _conv_macs(rows: Sequence[dict], layers: Sequence[cnn.Layer]) -> int:
 
 def block_budget(_=None) -> str:
   """What the design choices cost or save, computed on variants of the default architecture."""
-  arch = mnist.get_config().arch
+  arch = gap.get_config().arch
   layers = cnn.ARCHITECTURES[arch]
   model = cnn.build(arch)
   total = cnn.param_count(model)
@@ -608,14 +608,14 @@ def block_budget(_=None) -> str:
 
 
 def block_recipe(_=None) -> str:
-  config = mnist.get_config()
+  config = gap.get_config()
   rows = [
     (f'`{name}`', f'`{config[name]!r}`', comment)
     for name, comment in config_fields()
-    if name not in ('data_dir', 'tfds_data_dir')
+    if name not in ('data_dir', 'data_url', 'download_dir')
   ]
   return (
-    _table(('field', 'default', 'meaning (from the comment in `configs/mnist.py`)'), rows) + '\n'
+    _table(('field', 'default', 'meaning (from the comment in `configs/gap.py`)'), rows) + '\n'
   )
 
 
@@ -800,7 +800,7 @@ def _define_flags():
     'runs',
     None,
     'A scripts/seeds.py root (ROOT/seed<N>/summary.json); its finished seeds are copied '
-    'to DOCS/runs/mnist first. Default: use only what is already there.',
+    'to DOCS/runs/gap first. Default: use only what is already there.',
   )
   flags.DEFINE_string('docs_dir', DOCS_DIR, 'Folder with backprop.md, model.md.')
   flags.register_validator(

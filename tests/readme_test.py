@@ -1,6 +1,7 @@
 """The README's quoted numbers and paths come from the code; this keeps them from drifting."""
 
 import glob
+import importlib
 import json
 import os
 import re
@@ -12,6 +13,10 @@ from scripts import seeds
 from tests import testutil
 
 RUNS = os.path.join(testutil.REPO_ROOT, 'docs', 'runs')
+# Where a run's data came from and which seed it was: not part of the recipe.
+RUN_LOCAL_FIELDS = {'seed', 'data_dir', 'data_url', 'download_dir', 'tfds_data_dir'}
+# Fields added to the configs after some runs were made, with the value that means "as before".
+FIELDS_ADDED_LATER = {'ema_decay': 0.0}
 GPU_RUNS = os.path.join(testutil.REPO_ROOT, 'docs', 'gpu')
 
 
@@ -69,6 +74,21 @@ class ReadmeTest(absltest.TestCase):
       self.assertTrue(cells[4].startswith(f'{t["steady"]}/{t["runs"]}'), name)
       self.assertEqual(cells[5], f'{t["mean_final"]:.2f}', name)
       self.assertEqual(cells[6], f'{t["min_final"]:.2f}', name)
+
+  def test_committed_runs_are_runs_of_their_config(self):
+    """docs/runs/NAME holds runs of configs/NAME.py as it is now, field for field."""
+    for run_dir in sorted(glob.glob(os.path.join(RUNS, '*'))):
+      name = os.path.basename(run_dir)
+      expected = importlib.import_module(f'configs.{name}').get_config().to_dict()
+      for path in sorted(glob.glob(os.path.join(run_dir, 'seed*', 'summary.json'))):
+        with open(path) as f:
+          saved = json.load(f)['config']
+        saved = {**FIELDS_ADDED_LATER, **saved}
+        with self.subTest(run=os.path.relpath(path, RUNS)):
+          self.assertEqual(
+            {k: v for k, v in saved.items() if k not in RUN_LOCAL_FIELDS},
+            {k: v for k, v in expected.items() if k not in RUN_LOCAL_FIELDS},
+          )
 
   def test_gpu_rows_quote_the_committed_gpu_runs(self):
     dirs = sorted({os.path.dirname(p) for p in glob.glob(f'{GPU_RUNS}/**/seed0', recursive=True)})
