@@ -1,9 +1,11 @@
-"""Plots a person can look at: training curves, misclassified digits, confusion matrix.
+"""Plots a person can look at, from any workdir of train.py, finished or not.
 
   python analysis.py --workdir=/tmp/mnist [--data_dir=../shared/mnist]
 
-re-evaluates the workdir's latest checkpoint on the test set and writes curves.png,
-misclassified.png, confusion.png and per_class.png into the workdir.
+re-evaluates the workdir's newest good checkpoint on the test set and writes curves.png,
+misclassified.png, confusion.png and per_class.png into the workdir. It reads the run's config
+from config.json (written when the run starts), so an unfinished run can be analysed too, and
+it creates nothing in the workdir but those four files.
 """
 
 from __future__ import annotations
@@ -11,164 +13,78 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 
-import matplotlib
+import ml_collections
 
-matplotlib.use('Agg')  # Files only; never needs a display.
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-
-def _save(fig, path: str) -> None:
-  tmp = path + '.tmp.png'
-  fig.savefig(tmp, dpi=120, bbox_inches='tight')
-  plt.close(fig)
-  os.replace(tmp, path)
+import checkpointing
+import input_pipeline
+import metrics
+import plots
+import train
+from errors import ConfigError, UserError
 
 
-def plot_curves(history: list[dict], path: str) -> None:
-  """Loss and accuracy (train and test) per epoch, from metrics.jsonl records."""
-  epochs = [r['epoch'] for r in history]
-  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-  ax_loss.plot(epochs, [r['train_loss'] for r in history], 'o-', label='train')
-  ax_loss.plot(epochs, [r['test_loss'] for r in history], 's-', label='test')
-  ax_loss.set(xlabel='epoch', ylabel='cross-entropy', yscale='log', title='loss')
-  ax_acc.plot(epochs, [100 * r['train_accuracy'] for r in history], 'o-', label='train')
-  ema = all('test_accuracy_raw' in r for r in history) and bool(history)
-  ax_acc.plot(
-    epochs,
-    [100 * r['test_accuracy'] for r in history],
-    's-',
-    label='test (EMA weights)' if ema else 'test',
+def run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run was started with: workdir/config.json, else its summary.json's."""
+  if not os.path.isdir(workdir):
+    raise ConfigError(f'workdir {workdir!r} does not exist.')
+  for name, key in (('config.json', None), ('summary.json', 'config')):
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      try:
+        with open(path) as f:
+          saved = json.load(f)
+        config = ml_collections.ConfigDict(saved[key] if key else saved)
+      except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f'{path} is unreadable ({type(e).__name__}: {e}).') from e
+      if 'ema_decay' not in config:  # A run from before the field existed: no moving average.
+        config.ema_decay = 0.0
+      return config
+  raise ConfigError(
+    f'{workdir!r} holds no config.json or summary.json: not a train.py workdir, or one whose '
+    'run never started.'
   )
-  if ema:  # config.ema_decay > 0: the trained weights' accuracy beside the average's.
-    ax_acc.plot(epochs, [100 * r['test_accuracy_raw'] for r in history], '^:', label='test (raw)')
-  ax_acc.axhline(99.4, color='gray', ls='--', lw=1, label='99.4 %')
-  ax_acc.set(xlabel='epoch', ylabel='accuracy (%)', title='accuracy', ylim=(97, 100))
-  for ax in (ax_loss, ax_acc):
-    ax.grid(alpha=0.3)
-    ax.legend()
-  _save(fig, path)
-
-
-def plot_misclassified(
-  images: np.ndarray, labels: np.ndarray, preds: np.ndarray, path: str, max_images: int = 64
-) -> int:
-  """A grid of misclassified test digits titled 'label→prediction'; returns how many."""
-  wrong = np.flatnonzero(preds != labels)
-  shown = wrong[:max_images]
-  cols = 8
-  rows = max(1, int(np.ceil(len(shown) / cols)))
-  fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.35))
-  for ax in np.ravel(axes):
-    ax.axis('off')
-  for ax, i in zip(np.ravel(axes), shown, strict=False):
-    ax.imshow(images[i], cmap='gray_r')
-    ax.set_title(f'{labels[i]}→{preds[i]}', fontsize=9, color='crimson')
-  fig.suptitle(f'{len(wrong)} of {len(labels)} test digits misclassified (label→prediction)')
-  _save(fig, path)
-  return len(wrong)
-
-
-def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int = 10) -> np.ndarray:
-  """counts[true, predicted]."""
-  counts = np.zeros((num_classes, num_classes), np.int64)
-  np.add.at(counts, (labels, preds), 1)
-  return counts
-
-
-def plot_confusion(labels: np.ndarray, preds: np.ndarray, path: str) -> np.ndarray:
-  """The confusion matrix as a heat map (log colour scale), with counts in the cells."""
-  counts = confusion_matrix(labels, preds)
-  fig, ax = plt.subplots(figsize=(6.5, 5.5))
-  im = ax.imshow(np.log1p(counts), cmap='Blues')
-  for t in range(10):
-    for p in range(10):
-      if counts[t, p]:
-        ax.text(
-          p,
-          t,
-          counts[t, p],
-          ha='center',
-          va='center',
-          fontsize=8,
-          color='white' if t == p else 'black',
-        )
-  ax.set(
-    xlabel='predicted',
-    ylabel='true',
-    xticks=range(10),
-    yticks=range(10),
-    title='confusion matrix (test set)',
-  )
-  fig.colorbar(im, ax=ax, label='log(1 + count)')
-  _save(fig, path)
-  return counts
-
-
-def plot_per_class(labels: np.ndarray, preds: np.ndarray, path: str) -> np.ndarray:
-  """Per-class test accuracy as a bar chart; returns the accuracies (NaN: class absent)."""
-  counts = confusion_matrix(labels, preds)
-  totals = counts.sum(1)
-  acc = np.diag(counts) / np.where(totals > 0, totals, np.nan)
-  fig, ax = plt.subplots(figsize=(7, 3.5))
-  ax.bar(range(10), 100 * acc)
-  for c, a in enumerate(acc):
-    ax.text(c, 100 * a, f'{100 * a:.2f}', ha='center', va='bottom', fontsize=8)
-  ax.set(
-    xlabel='digit',
-    ylabel='accuracy (%)',
-    xticks=range(10),
-    ylim=(98, 100.2),
-    title='per-class test accuracy',
-  )
-  _save(fig, path)
-  return acc
 
 
 def analyse_workdir(workdir: str, data_dir: str | None = None) -> dict:
-  """Re-evaluates the workdir's latest checkpoint and writes all four PNGs."""
+  """Re-evaluates the workdir's newest good checkpoint and writes all four PNGs."""
   import jax
-  import ml_collections
 
-  import input_pipeline
-  import train
-
-  with open(os.path.join(workdir, 'summary.json')) as f:
-    summary = json.load(f)
-  config = ml_collections.ConfigDict(summary['config'])
-  if 'ema_decay' not in config:  # A run from before the field existed: no moving average.
-    config.ema_decay = 0.0
+  config = run_config(workdir)
   if data_dir is not None:
     config.data_dir = data_dir
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise ConfigError(f'{workdir!r} has no checkpoints/ yet: no epoch has finished.')
   test = input_pipeline.get_datasets(
     config.data_dir,
     config.get('data_url', input_pipeline.MNIST_URL),
     config.get('download_dir', ''),
   )['test']
-  steps = 60_000 // config.batch_size
-  state = train.create_train_state(jax.random.key(0), config, steps)
-  state, epoch = train.restore_latest(train.checkpoint_manager(workdir, 1000), state)
+  state = train.create_train_state(jax.random.key(0), config, 60_000 // config.batch_size)
+  manager = checkpointing.checkpoint_manager(workdir, 1000, create=False)
+  state, epoch = checkpointing.restore_latest(manager, state)
   if epoch == 0:
-    raise FileNotFoundError(f'{workdir}: no readable checkpoint.')
-  metrics, preds = train.evaluate(
+    raise ConfigError(f'{workdir!r}: checkpoints/ holds no checkpoint yet.')
+  test_metrics, preds = train.evaluate(
     jax.jit(functools.partial(train.eval_step, ema=config.ema_decay > 0)),
     state,
     test.images,
     test.labels,
     config.eval_batch_size,
   )
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    plot_curves(
-      [json.loads(line) for line in f if line.strip()], os.path.join(workdir, 'curves.png')
-    )
-  plot_misclassified(test.images, test.labels, preds, os.path.join(workdir, 'misclassified.png'))
-  plot_confusion(test.labels, preds, os.path.join(workdir, 'confusion.png'))
-  acc = plot_per_class(test.labels, preds, os.path.join(workdir, 'per_class.png'))
+  history = metrics.read_history(os.path.join(workdir, 'metrics.jsonl'))
+  if history:
+    plots.plot_curves(history, os.path.join(workdir, 'curves.png'))
+  plots.plot_misclassified(
+    test.images, test.labels, preds, os.path.join(workdir, 'misclassified.png')
+  )
+  plots.plot_confusion(test.labels, preds, os.path.join(workdir, 'confusion.png'))
+  acc = plots.plot_per_class(test.labels, preds, os.path.join(workdir, 'per_class.png'))
   return {
     'epoch': epoch,
-    'test_accuracy': metrics['accuracy'],
-    'test_loss': metrics['loss'],
+    'test_accuracy': test_metrics['accuracy'],
+    'test_loss': test_metrics['loss'],
     'per_class': acc.tolist(),
   }
 
@@ -176,13 +92,16 @@ def analyse_workdir(workdir: str, data_dir: str | None = None) -> dict:
 if __name__ == '__main__':
   from absl import app, flags
 
-  flags.DEFINE_string('workdir', None, 'A finished train.py workdir.')
+  flags.DEFINE_string('workdir', None, 'A train.py workdir, finished or not.')
   flags.DEFINE_string('data_dir', None, 'IDX folder, if not the one in the run config.')
   flags.mark_flags_as_required(['workdir'])
 
   def main(argv):
     del argv
-    result = analyse_workdir(flags.FLAGS.workdir, flags.FLAGS.data_dir)
+    try:
+      result = analyse_workdir(flags.FLAGS.workdir, flags.FLAGS.data_dir)
+    except UserError as e:
+      sys.exit(f'error: {e}')
     print(f'epoch {result["epoch"]}: test accuracy {100 * result["test_accuracy"]:.2f} %')
     for digit, acc in enumerate(result['per_class']):
       print(f'  digit {digit}: {100 * acc:.2f} %')

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from errors import DataError  # Raised for every unreadable, corrupt or inconsistent input.
+
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
 # Mean and std of the MNIST training pixels scaled to [0, 1] (the usual constants).
@@ -38,10 +40,6 @@ IDX_FILES = {
 EXPECTED_COUNTS = {'train': 60_000, 'test': 10_000}
 _IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions.
 _LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension.
-
-
-class DataError(ValueError):
-  """Raised for every unreadable, corrupt or inconsistent data input."""
 
 
 class Split(NamedTuple):

@@ -44,13 +44,6 @@ flags.DEFINE_integer(
   'round_steps', 0, 'Train steps per timed round; 0 = one epoch on accelerators, 64 on CPU.'
 )
 flags.DEFINE_integer('steps_per_call', 0, 'JAX steps per jitted call; 0 = the trainer default.')
-flags.DEFINE_list(
-  'jax',
-  ['repo'],
-  'JAX variants timed side by side: repo (nets/cnn.py as it is, reshape max-pool) or '
-  'flaxpool (the same net with flax nn.max_pool, the slower CPU gradient). The first is the '
-  'headline.',
-)
 flags.DEFINE_bool('augment', False, 'Random rotation (7 deg) and shift (2 px) on both sides.')
 flags.DEFINE_bool('torch', True, 'Time PyTorch beside JAX (needs the `bench` extra).')
 flags.DEFINE_enum('torch_loader', 'slice', ['slice', 'dataloader'], 'How PyTorch gets batches.')
@@ -91,73 +84,43 @@ def median_rate(images: int, seconds: list[float]) -> float:
 
 
 class JaxSide:
-  """The trainer's own pieces: state, on-device data, the donated multi-step call, eval."""
+  """The trainer's own compiled calls (`train.compile_programs`), so what is timed is what
+  `train.py` runs: state, on-device data, the donated multi-step call, evaluation."""
 
-  def __init__(self, data, batch_size, eval_batch_size, steps_per_call, augment, seed, model):
-    import functools
-
-    import flax.linen as nn
+  def __init__(self, data, batch_size, eval_batch_size, steps_per_call, augment, seed):
     import jax
     import jax.numpy as jnp
-    from jax.sharding import AxisType, NamedSharding
-    from jax.sharding import PartitionSpec as P
 
     import train
-    from configs import mnist
-    from nets import cnn
+    from configs import gap
 
     self.jax, self.train = jax, train
-    config = mnist.get_config()
+    config = gap.get_config()
     config.arch = FLAGS.arch
     config.batch_size, config.eval_batch_size, config.seed = batch_size, eval_batch_size, seed
+    config.steps_per_call = steps_per_call
     config.max_degrees = MAX_DEGREES if augment else 0.0
     config.max_shift = MAX_SHIFT if augment else 0.0
     self.config = config
     self.num_train = len(data['train'].labels)
     self.steps_per_epoch = self.num_train // batch_size
-    chunk, unroll = train.default_steps_per_call(self.steps_per_epoch)
-    if steps_per_call:
-      chunk = min(steps_per_call, self.steps_per_epoch)
-    self.chunk, self.unroll = chunk, unroll
-
-    rng = jax.random.key(seed)
-    init_rng, self.perm_rng, self.step_rng = jax.random.split(rng, 3)
-    self.state = train.create_train_state(init_rng, config, self.steps_per_epoch)
-    if model == 'flaxpool':  # The pooling nets/cnn.py used before its reshape max-pool.
-      flax_pool = lambda x, k: nn.max_pool(x, (k, k), strides=(k, k))  # noqa: E731
-      model_def = cnn.CNN(layers=cnn.ARCHITECTURES[FLAGS.arch], pool=flax_pool)
-      self.state = self.state.replace(apply_fn=model_def.apply)
-    self.num_params = sum(x.size for x in jax.tree_util.tree_leaves(self.state.params))
+    init_rng, self.perm_rng, self.step_rng = jax.random.split(jax.random.key(seed), 3)
+    state = train.create_train_state(init_rng, config, self.steps_per_epoch)
+    self.num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
     # As train.train_and_evaluate: one 'data' axis over every device, batch sharded, state and
     # data set replicated (e.g. XLA_FLAGS=--xla_force_host_platform_device_count=2 on a CPU).
-    mesh = jax.make_mesh((jax.device_count(),), ('data',), axis_types=(AxisType.Auto,))
-    replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-    batch_sharding = batch_sharding if jax.device_count() > 1 else None
+    replicated, _ = train.data_shardings()
     self.replicated = replicated
-    self.state = jax.device_put(self.state, replicated)
-    self.train_images = jax.device_put(data['train'].images, replicated)
-    self.train_labels = jax.device_put(data['train'].labels, replicated)
+    self.state = jax.device_put(state, replicated)
+    self.train_data = jax.device_put((data['train'].images, data['train'].labels), replicated)
     self.test = data['test']
-    step_fn = functools.partial(
-      train.train_step, max_degrees=config.max_degrees, max_shift=config.max_shift
-    )
-    steps_fn = functools.partial(
-      train.train_steps, step_fn=step_fn, unroll=unroll, batch_sharding=batch_sharding
-    )
-    multi_step = jax.jit(steps_fn, donate_argnums=(0, 1))
-    self.make_batches = jax.jit(train.epoch_batches, static_argnums=(1, 2))
-    self.eval_fn = jax.jit(train.eval_step)
-
-    t0 = time.perf_counter()
-    idx = jax.ShapeDtypeStruct((chunk, batch_size), jnp.int32)
-    sums = jax.device_put(train.zero_sums(), replicated)
-    self.step_call = multi_step.lower(
-      self.state, sums, self.train_images, self.train_labels, idx, self.step_rng
-    ).compile()
-    self.compile_train_s = time.perf_counter() - t0
+    self.programs = train.compile_programs(config, self.state, *self.train_data)
+    self.chunk = self.programs.chunk
+    self.step_call = self.programs.train_calls[self.chunk]
+    self.compile_train_s = self.programs.compile_seconds
     t0 = time.perf_counter()
     n = eval_batch_size
-    self.eval_fn.lower(
+    self.programs.raw_eval_fn.lower(
       self.state, self.test.images[:n], self.test.labels[:n], jnp.ones(n, bool)
     ).compile()
     self.compile_eval_s = time.perf_counter() - t0
@@ -173,14 +136,10 @@ class JaxSide:
     while done < steps:
       if self.cursor + self.chunk > self.steps_per_epoch:  # New epoch: a fresh permutation.
         self.epoch += 1
-        self.batches = self.make_batches(
-          jax.random.fold_in(self.perm_rng, self.epoch), self.num_train, self.config.batch_size
-        )
+        self.batches = self.programs.make_batches(jax.random.fold_in(self.perm_rng, self.epoch))
         self.cursor = 0
       idx = self.batches[self.cursor : self.cursor + self.chunk]
-      self.state, sums = self.step_call(
-        self.state, sums, self.train_images, self.train_labels, idx, self.step_rng
-      )
+      self.state, sums = self.step_call(self.state, sums, *self.train_data, idx, self.step_rng)
       self.cursor += self.chunk
       done += self.chunk
     sums = jax.device_get(sums)
@@ -195,7 +154,11 @@ class JaxSide:
     """Seconds to evaluate the whole test set, as train.train_and_evaluate does."""
     t0 = time.perf_counter()
     metrics, _ = self.train.evaluate(
-      self.eval_fn, self.state, self.test.images, self.test.labels, self.config.eval_batch_size
+      self.programs.raw_eval_fn,
+      self.state,
+      self.test.images,
+      self.test.labels,
+      self.config.eval_batch_size,
     )
     seconds = time.perf_counter() - t0
     self.last_eval = metrics
@@ -328,26 +291,15 @@ def main(argv):
 
   data = input_pipeline.get_datasets(FLAGS.data_dir)
   sides = {}
-  for variant in FLAGS.jax:
-    if variant not in ('repo', 'flaxpool'):
-      raise app.UsageError(f'--jax={variant}: expected repo or flaxpool.')
-    sides[f'jax:{variant}'] = jx = JaxSide(
-      data,
-      FLAGS.batch_size,
-      FLAGS.eval_batch_size,
-      FLAGS.steps_per_call,
-      FLAGS.augment,
-      FLAGS.seed,
-      variant,
-    )
-    print(
-      f'jax:{variant}: JAX {jax.__version__} on {jax.default_backend()} '
-      f'({jax.devices()[0].device_kind}), {jx.num_params:,} params; {jx.chunk} steps per call '
-      f'(unroll={jx.unroll}); compile: train {jx.compile_train_s:.1f} s, '
-      f'eval {jx.compile_eval_s:.1f} s',
-      flush=True,
-    )
-  jx = next(iter(sides.values()))
+  sides['jax:repo'] = jx = JaxSide(
+    data, FLAGS.batch_size, FLAGS.eval_batch_size, FLAGS.steps_per_call, FLAGS.augment, FLAGS.seed
+  )
+  print(
+    f'jax:repo: JAX {jax.__version__} on {jax.default_backend()} '
+    f'({jax.devices()[0].device_kind}), {jx.num_params:,} params; {jx.chunk} steps per call; '
+    f'compile: train {jx.compile_train_s:.1f} s, eval {jx.compile_eval_s:.1f} s',
+    flush=True,
+  )
   round_steps = FLAGS.round_steps or (64 if jax.default_backend() == 'cpu' else jx.steps_per_epoch)
   round_steps = max(jx.chunk, round_steps // jx.chunk * jx.chunk)  # Whole JAX calls.
   torch_threads = sorted({int(t) or os.cpu_count() for t in FLAGS.torch_threads}, reverse=True)
@@ -417,7 +369,6 @@ def main(argv):
         compile_train_s=side.compile_train_s,
         compile_eval_s=side.compile_eval_s,
         steps_per_call=side.chunk,
-        unroll=side.unroll,
       )
   ratios = {}
   if FLAGS.torch:
@@ -470,7 +421,6 @@ def main(argv):
       'rounds': FLAGS.rounds,
       'round_steps': round_steps,
       'augment': FLAGS.augment,
-      'jax_variants': FLAGS.jax,
       'torch_loader': FLAGS.torch_loader,
       'torch_threads': torch_threads if FLAGS.torch else None,
       'torch_device': torch_device,

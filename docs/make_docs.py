@@ -35,6 +35,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Circle  # noqa: E402
 
 import backprop_check as bc  # noqa: E402
+import plots  # noqa: E402
 from configs import gap  # noqa: E402
 from nets import cnn, toy  # noqa: E402
 from scripts import seeds  # noqa: E402
@@ -614,9 +615,7 @@ def block_recipe(_=None) -> str:
     for name, comment in config_fields()
     if name not in ('data_dir', 'data_url', 'download_dir')
   ]
-  return (
-    _table(('field', 'default', 'meaning (from the comment in `configs/gap.py`)'), rows) + '\n'
-  )
+  return _table(('field', 'default', 'meaning (from the comment in `configs/gap.py`)'), rows) + '\n'
 
 
 def finished_runs(root: str) -> dict[int, str]:
@@ -703,14 +702,13 @@ def write_run_figures(runs: dict[int, dict], docs_dir: str) -> list[str]:
   (Its misclassified.png needs the trained weights and the test set, so the page links the
   run's own copy under runs/ instead.)
   """
-  import analysis  # Lazy: pyplot is only needed here.
 
   seed = figure_seed(runs)
   if seed is None:
     return []
   fig_dir = os.path.join(docs_dir, FIGURES)
   os.makedirs(fig_dir, exist_ok=True)
-  analysis.plot_curves(runs[seed]['history'], os.path.join(fig_dir, 'curves.png'))
+  plots.plot_curves(runs[seed]['history'], os.path.join(fig_dir, 'curves.png'))
   return ['curves.png']
 
 

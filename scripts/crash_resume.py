@@ -196,16 +196,17 @@ def final_digests(workdir: str, epochs: int) -> tuple[int, dict[str, str]]:
   import jax  # Lazy: only the comparison needs JAX in this process.
 
   sys.path.insert(0, REPO)
+  import checkpointing
   import train
   from configs import mnist
 
   config = mnist.get_config()
   config.num_epochs = epochs
   template = train.create_train_state(jax.random.key(0), config, steps_per_epoch=1)
-  manager = train.checkpoint_manager(workdir, keep=1000)
-  state, epoch = train.restore_latest(manager, template)
+  manager = checkpointing.checkpoint_manager(workdir, keep=1000)
+  state, epoch = checkpointing.restore_latest(manager, template)
   manager.close()
-  return epoch, train.leaf_digests(state)
+  return epoch, checkpointing.leaf_digests(state)
 
 
 def compare(reference: str, resumed: str, epochs: int) -> list[str]:

@@ -1,24 +1,14 @@
-"""analysis.py: the confusion matrix, and one command's PNGs from a finished workdir."""
+"""analysis.py: one command's PNGs from a workdir, finished or not, and its one-line errors."""
 
 import json
 import os
 import shutil
 
-import numpy as np
 from absl.testing import absltest
 
 import analysis
 import train
 from tests import testutil
-
-
-class ConfusionTest(absltest.TestCase):
-  def test_counts_true_rows_against_predicted_columns(self):
-    labels = np.array([0, 0, 1, 2, 2, 2])
-    preds = np.array([0, 1, 1, 2, 0, 2])
-    m = analysis.confusion_matrix(labels, preds, num_classes=3)
-    np.testing.assert_array_equal(m, [[1, 1, 0], [0, 1, 0], [1, 0, 2]])
-    self.assertEqual(m.sum(), len(labels))
 
 
 class AnalyseWorkdirTest(absltest.TestCase):

@@ -7,6 +7,7 @@ import os
 import jax
 from absl.testing import absltest, parameterized
 
+import preflight
 import train
 from nets import cnn
 from tests import testutil
@@ -34,7 +35,7 @@ class ConfigsTest(parameterized.TestCase):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # As --config=PATH loads it.
     config = module.get_config()
-    train.validate_config(config)  # Raises ConfigError on any out-of-range field.
+    preflight.validate_config(config)  # Raises ConfigError on any out-of-range field.
     params = cnn.param_count(cnn.build(config.arch, config.dropout_rate))
     name = os.path.basename(path)
     self.assertLess(params, BUDGETS.get(name, DEFAULT_BUDGET), f'{name}: {params} params')

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
+import checkpointing
+import errors
 import train
 from configs import mnist
 from tests import testutil
@@ -125,16 +127,16 @@ class CheckpointIntegrityTest(parameterized.TestCase):
   def setUp(self):
     super().setUp()
     self.workdir = self.create_tempdir().full_path
-    manager = train.checkpoint_manager(self.workdir, 3)
+    manager = checkpointing.checkpoint_manager(self.workdir, 3)
     for epoch, state in self.states.items():
-      train.save_checkpoint(manager, epoch, state, {'epoch': epoch})
+      checkpointing.save_checkpoint(manager, epoch, state, {'epoch': epoch})
     manager.close()
     self.newest = os.path.join(self.workdir, 'checkpoints', '2')
 
   def _restore(self):
-    manager = train.checkpoint_manager(self.workdir, 3)
+    manager = checkpointing.checkpoint_manager(self.workdir, 3)
     try:
-      return train.restore_latest(manager, self.template)
+      return checkpointing.restore_latest(manager, self.template)
     finally:
       manager.close()
 
@@ -149,12 +151,12 @@ class CheckpointIntegrityTest(parameterized.TestCase):
     under epoch 2's name load without a word, as epoch 1's numbers; flipped bytes in an array
     file (the cases below) may likewise decode to other numbers."""
     _swap_in_array_data_of_epoch_1(self.newest)
-    manager = train.checkpoint_manager(self.workdir, 3)
+    manager = checkpointing.checkpoint_manager(self.workdir, 3)
     abstract = jax.tree_util.tree_map(
-      lambda x: train.ocp.utils.to_shape_dtype_struct(jnp.asarray(x)), self.template
+      lambda x: checkpointing.ocp.utils.to_shape_dtype_struct(jnp.asarray(x)), self.template
     )
     try:
-      loaded = manager.restore(2, args=train.ocp.args.StandardRestore(abstract))
+      loaded = manager.restore(2, args=checkpointing.ocp.args.StandardRestore(abstract))
     finally:
       manager.close()
     chex.assert_trees_all_equal(loaded.params, self.states[1].params)
@@ -197,26 +199,26 @@ class CheckpointIntegrityTest(parameterized.TestCase):
   def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(self):
     for epoch in (1, 2):
       _invert_array_data(os.path.join(self.workdir, 'checkpoints', str(epoch)))
-    with self.assertRaisesRegex(train.CheckpointError, 'no usable checkpoint.*epoch 2.*epoch 1'):
+    with self.assertRaisesRegex(errors.CheckpointError, 'no usable checkpoint.*epoch 2.*epoch 1'):
       self._restore()
 
   def test_checkpoint_without_checksums_loads_with_a_warning(self):
     """Checkpoints saved before the checksums existed still resume (unverified)."""
     workdir = self.create_tempdir().full_path
-    manager = train.checkpoint_manager(workdir, 3)
-    manager.save(1, args=train.ocp.args.StandardSave(self.states[1]))
+    manager = checkpointing.checkpoint_manager(workdir, 3)
+    manager.save(1, args=checkpointing.ocp.args.StandardSave(self.states[1]))
     manager.close()
     with self.assertLogs(logger='absl', level='WARNING') as logs:
-      manager = train.checkpoint_manager(workdir, 3)
-      state, epoch = train.restore_latest(manager, self.template)
+      manager = checkpointing.checkpoint_manager(workdir, 3)
+      state, epoch = checkpointing.restore_latest(manager, self.template)
     self.assertEqual(epoch, 1)
     chex.assert_trees_all_equal(state.params, self.states[1].params)
     self.assertIn('no checksums', '\n'.join(logs.output))
 
   def test_keeps_the_newest_few(self):
-    manager = train.checkpoint_manager(self.workdir, 3)
+    manager = checkpointing.checkpoint_manager(self.workdir, 3)
     for epoch in (3, 4, 5):
-      train.save_checkpoint(manager, epoch, self.states[1], {'epoch': epoch})
+      checkpointing.save_checkpoint(manager, epoch, self.states[1], {'epoch': epoch})
     self.assertEqual(manager.all_steps(), [3, 4, 5])
     self.assertEqual(sorted(os.listdir(os.path.join(self.workdir, 'checkpoints'))), ['3', '4', '5'])
 
@@ -239,12 +241,14 @@ class RecoveryTest(absltest.TestCase):
     states = []
     for w in (workdir, self.reference):
       template = train.create_train_state(jax.random.key(9), self.config, 6)
-      manager = train.checkpoint_manager(w, 10)
-      states.append(train.restore_latest(manager, template))
+      manager = checkpointing.checkpoint_manager(w, 10)
+      states.append(checkpointing.restore_latest(manager, template))
       manager.close()
     self.assertEqual(states[0][1], 2)
     # Every leaf (params, BatchNorm statistics, optimizer state, step), bit for bit.
-    self.assertEqual(train.leaf_digests(states[0][0]), train.leaf_digests(states[1][0]))
+    self.assertEqual(
+      checkpointing.leaf_digests(states[0][0]), checkpointing.leaf_digests(states[1][0])
+    )
 
   def test_corrupt_newest_checkpoint_is_set_aside_and_its_epoch_retrained(self):
     workdir = self._copy_reference()
@@ -302,6 +306,14 @@ class CommandLineTest(parameterized.TestCase):
     blocker = os.path.join(tmp, 'a_file')
     open(blocker, 'w').close()
     data = f'--config.data_dir={testutil.MNIST_DIR}'
+    bad_configs = self.create_tempdir().full_path
+    for name, text in (
+      ('syntax.py', 'def get_config(:\n'),
+      ('no_get_config.py', 'x = 1\n'),
+      ('raises.py', 'def get_config():\n  raise ValueError("broken on purpose")\n'),
+    ):
+      with open(os.path.join(bad_configs, name), 'w') as f:
+        f.write(text)
     cases = {
       ('--config.nonsense=1',): "unknown config field in --config.nonsense=1: 'nonsense'",
       ('--config.batch_sise=8',): 'Did you mean "batch_size"',
@@ -313,6 +325,11 @@ class CommandLineTest(parameterized.TestCase):
       ('--config.checkpoints_to_keep=0',): 'config.checkpoints_to_keep=0 must be >= 1',
       ('--config.data_dir=/no/such/folder',): "config.data_dir='/no/such/folder' is not an",
       ('--config=configs/no_such.py',): 'the --config file could not be loaded',
+      ('--config=configs/mnist.py', '--config.nonsense=1'): 'unknown config field in',
+      ('--config=configs/mnist.py', '--config.batch_sise=8'): 'Did you mean "batch_size"',
+      (f'--config={bad_configs}/syntax.py',): '--config: SyntaxError: invalid syntax',
+      (f'--config={bad_configs}/no_get_config.py',): "has no attribute 'get_config'",
+      (f'--config={bad_configs}/raises.py',): 'config file: ValueError: broken on purpose',
       (data, f'--workdir={blocker}/sub'): 'is not writable',
     }
 

@@ -12,7 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
+import checkpointing
+import errors
 import input_pipeline
+import metrics
 import train
 from configs import mnist
 from tests import testutil
@@ -27,7 +30,7 @@ def _read_metrics(workdir):
 
 def _final_params(workdir, config):
   state = train.create_train_state(jax.random.key(99), config, 1)
-  state, epoch = train.restore_latest(train.checkpoint_manager(workdir, 10), state)
+  state, epoch = checkpointing.restore_latest(checkpointing.checkpoint_manager(workdir, 10), state)
   return state, epoch
 
 
@@ -137,19 +140,6 @@ class EmaTest(chex.TestCase):
     self.assertNotAlmostEqual(float(raw['loss_sum']), float(ema['loss_sum']), places=3)
 
 
-class FirstAtTargetTest(absltest.TestCase):
-  def test_first_epoch_and_training_time_up_to_it(self):
-    history = [
-      {'epoch': 1, 'train_seconds': 2.0, 'test_accuracy': 0.990},
-      {'epoch': 2, 'train_seconds': 3.0, 'test_accuracy': 0.995},
-      {'epoch': 3, 'train_seconds': 4.0, 'test_accuracy': 0.991},
-      {'epoch': 4, 'train_seconds': 5.0, 'test_accuracy': 0.996},
-    ]
-    self.assertEqual(train.first_at_target(history, 0.994), (2, 5.0))
-    self.assertEqual(train.first_at_target(history, 0.996), (4, 14.0))
-    self.assertEqual(train.first_at_target(history, 0.999), (None, None))
-
-
 class ConfigValidationTest(parameterized.TestCase):
   @parameterized.named_parameters(
     ('batch_zero', 'batch_size', 0),
@@ -164,13 +154,13 @@ class ConfigValidationTest(parameterized.TestCase):
     config = mnist.get_config()
     config[field] = value
     with mock.patch.object(jax, 'jit', side_effect=AssertionError('compiled')):
-      with self.assertRaisesRegex(train.ConfigError, rf'config\.{field}='):
+      with self.assertRaisesRegex(errors.ConfigError, rf'config\.{field}='):
         train.train_and_evaluate(config, self.create_tempdir().full_path)
 
   def test_unwritable_workdir(self):
     blocker = self.create_tempfile('a_file').full_path
     config = mnist.get_config()
-    with self.assertRaisesRegex(train.ConfigError, 'not writable'):
+    with self.assertRaisesRegex(errors.ConfigError, 'not writable'):
       train.train_and_evaluate(config, os.path.join(blocker, 'workdir'))
 
 
@@ -216,13 +206,13 @@ class TrainAndEvaluateTest(absltest.TestCase):
 
   def test_resume_after_interruption_is_bit_identical(self):
     workdir = self.create_tempdir().full_path
-    original_write = train.MetricsLog.write
+    original_write = metrics.MetricsLog.write
 
     def crash_after_first_epoch(log, record):
       original_write(log, record)
       raise KeyboardInterrupt('simulated kill after epoch 1')
 
-    with mock.patch.object(train.MetricsLog, 'write', crash_after_first_epoch):
+    with mock.patch.object(metrics.MetricsLog, 'write', crash_after_first_epoch):
       with self.assertRaises(KeyboardInterrupt):
         train.train_and_evaluate(self.config, workdir)
     self.assertLen(_read_metrics(workdir), 1)
@@ -250,7 +240,7 @@ class TrainAndEvaluateTest(absltest.TestCase):
       return new_state, metrics
 
     with mock.patch.object(train, 'train_step', poisoned_step):
-      with self.assertRaisesRegex(train.NonFiniteError, f'step {poison_step} .epoch 2'):
+      with self.assertRaisesRegex(errors.NonFiniteError, f'step {poison_step} .epoch 2'):
         train.train_and_evaluate(self.config, workdir)
     state, epoch = _final_params(workdir, self.config)
     self.assertEqual(epoch, 1)

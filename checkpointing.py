@@ -1,0 +1,182 @@
+"""Orbax checkpoints that prove what they hold: one per epoch, each with the sha256 of every
+array and its epoch's metrics record in its metadata.
+
+`restore_latest` loads the newest checkpoint that passes its checks and falls back past damaged
+ones (reporting each); `set_aside_newer_checkpoints` moves the rejected ones out of the way so
+their epochs can be saved again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from errors import CheckpointError
+
+
+@contextlib.contextmanager
+def quiet_orbax(level: int = logging.WARNING):
+  """Orbax logs dozens of INFO lines per save/restore through absl; show `level` and up only."""
+  logger = logging.get_absl_logger()
+  old_level = logger.level
+  # absl's level constants (WARNING = -1) are not the `logging` module's (WARNING = 30).
+  logger.setLevel(logging.converter.absl_to_standard(level))
+  try:
+    yield
+  finally:
+    logger.setLevel(old_level)
+
+
+def checkpoint_manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager:
+  """Orbax manager for workdir/checkpoints, keeping the newest `keep` epochs.
+
+  A kill during a save leaves only an uncommitted temp folder (orbax renames it into place
+  when complete); the trainer's manager removes such leftovers on the next start. With
+  `create=False` (a reader such as analysis.py) it creates and removes nothing, so it can
+  read a run that is still saving.
+  """
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep,
+    create=create,
+    enable_async_checkpointing=False,
+    cleanup_tmp_directories=create,
+  )
+  return ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), options=options)
+
+
+def leaf_digests(state: Any) -> dict[str, str]:
+  """sha256 of every leaf (dtype, shape and bytes), keyed by its path in the tree."""
+
+  def host_value(x):
+    x = jnp.asarray(x)  # A Python-int field is saved and restored as a JAX (int32) array.
+    if not x.is_fully_addressable:  # Multi-host: the state is replicated, so any shard is all.
+      x = x.addressable_data(0)
+    return np.ascontiguousarray(jax.device_get(x))
+
+  digests = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    leaf = host_value(leaf)
+    h = hashlib.sha256(f'{leaf.dtype.str}{leaf.shape}'.encode())
+    h.update(leaf.tobytes())
+    digests[jax.tree_util.keystr(path)] = h.hexdigest()
+  return digests
+
+
+def save_checkpoint(
+  manager: ocp.CheckpointManager, epoch: int, state: Any, record: dict[str, Any]
+) -> None:
+  """Saves `state` as the checkpoint of `epoch`, with its leaf checksums and metrics record.
+
+  Both go into the step's orbax metadata, which is written before the step is committed, so
+  a committed checkpoint always carries them. Orbax's own files have no checksum: flipped
+  bytes in an array file can load silently as different numbers, and another checkpoint's
+  array files load as if they were this one's (tests/reliability_test.py).
+  """
+  metadata = {'leaf_sha256': leaf_digests(state), 'metrics_record': record}
+  with quiet_orbax():
+    saved = manager.save(epoch, args=ocp.args.StandardSave(state), custom_metadata=metadata)
+    manager.wait_until_finished()
+  if not saved:  # Orbax skips steps <= its latest; set_aside_newer_checkpoints prevents that.
+    raise CheckpointError(f'orbax did not save the checkpoint of epoch {epoch}.')
+
+
+def _verify(manager: ocp.CheckpointManager, step: int, restored: Any) -> str | None:
+  """None if `restored` matches the checksums saved with `step`, else what is wrong."""
+  with quiet_orbax(logging.FATAL):  # Orbax logs an unreadable file whole; we report it below.
+    metadata = manager.metadata(step)
+  custom = metadata.custom_metadata
+  if not isinstance(custom, dict) or 'leaf_sha256' not in custom:
+    # Orbax reads a missing or unparsable metadata file as empty; a readable one has times.
+    if metadata.init_timestamp_nsecs is None or custom:
+      return 'its orbax metadata file (_CHECKPOINT_METADATA, with the checksums) is unreadable'
+    logging.warning(
+      'Checkpoint of epoch %d has no checksums (saved before they were added); '
+      'loading it unverified.',
+      step,
+    )
+    return None
+  expected, actual = custom['leaf_sha256'], leaf_digests(restored)
+  bad = sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
+  if bad:
+    return f'{len(bad)} array(s) do not match their saved checksum: {", ".join(bad[:3])}'
+  return None
+
+
+def restore_latest(manager: ocp.CheckpointManager, target: Any) -> tuple[Any, int]:
+  """Restores the newest checkpoint that loads and matches its checksums; (state, epoch).
+
+  Returns (target, 0) when there is no checkpoint. A checkpoint that fails is reported and
+  skipped in favour of the one before it; CheckpointError if every one fails.
+  """
+  # As arrays, so that a Python-int `step` restores with the int32 dtype it was saved (and
+  # checksummed) with.
+  abstract = jax.tree_util.tree_map(
+    lambda x: ocp.utils.to_shape_dtype_struct(jnp.asarray(x)), target
+  )
+  manager.reload()  # Another process (or the user) may have changed the folder.
+  steps = sorted(manager.all_steps(), reverse=True)
+  problems = []
+  for step in steps:
+    try:
+      with quiet_orbax():
+        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        problem = _verify(manager, step, restored)
+    except Exception as e:  # Orbax/TensorStore raise many types for unreadable files.
+      problem = f'it does not load ({type(e).__name__}: {str(e).splitlines()[0][:200]})'
+    if problem:
+      logging.warning(
+        'Checkpoint of epoch %d is corrupt: %s; trying the one before.', step, problem
+      )
+      problems.append(f'epoch {step}: {problem}')
+      continue
+    # Orbax restores strongly typed arrays; give back the weak types of Python-scalar fields
+    # (the step), so a resumed run calls the very program an uninterrupted one compiled.
+    restored = jax.tree_util.tree_map(
+      lambda r, t: jnp.asarray(r.item()) if getattr(jnp.asarray(t), 'weak_type', False) else r,
+      restored,
+      target,
+    )
+    if step != steps[0]:
+      logging.warning('Resuming from the checkpoint of epoch %d, the newest good one.', step)
+    else:
+      logging.info('Resuming from the checkpoint of epoch %d.', step)
+    return restored, step
+  if steps:
+    raise CheckpointError(
+      f'no usable checkpoint in {manager.directory}: ' + '; '.join(problems) + '. Move the '
+      'folder away to start afresh.'
+    )
+  return target, 0
+
+
+def set_aside_newer_checkpoints(manager: ocp.CheckpointManager, epoch: int, workdir: str) -> None:
+  """Moves checkpoints newer than `epoch` (they failed restore_latest's checks) out of the way.
+
+  They go to workdir/rejected_checkpoints/ for inspection; left in place, they would stop
+  orbax from saving those epochs again.
+  """
+  newer = [s for s in manager.all_steps() if s > epoch]
+  if not newer:
+    return
+  rejected = os.path.join(workdir, 'rejected_checkpoints')
+  os.makedirs(rejected, exist_ok=True)
+  for step in newer:
+    dest = os.path.join(rejected, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    os.replace(os.path.join(manager.directory, str(step)), dest)
+    logging.warning('Moved the rejected checkpoint of epoch %d to %s.', step, dest)
+  manager.reload()
+
+
+def checkpoint_record(manager: ocp.CheckpointManager, epoch: int) -> dict[str, Any] | None:
+  """The metrics.jsonl record saved with the checkpoint of `epoch` (None if it has none)."""
+  custom = manager.metadata(epoch).custom_metadata
+  return custom.get('metrics_record') if isinstance(custom, dict) else None

@@ -1,0 +1,123 @@
+"""Figures of a training run, as pure functions of its records and predictions: training
+curves, misclassified digits, the confusion matrix, per-class accuracy. Each writes one PNG.
+The trainer draws the first two at the end of a run; `analysis.py` draws all four."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use('Agg')  # Files only; never needs a display.
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from metrics import TARGET_ACCURACY, write_atomically  # noqa: E402
+
+
+def _save(fig, path: str) -> None:
+  """Writes `fig` as a PNG, atomically, and frees it."""
+  try:
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format='png', dpi=120, bbox_inches='tight'))
+  finally:
+    plt.close(fig)
+
+
+def plot_curves(history: list[dict], path: str) -> None:
+  """Loss and accuracy (train and test) per epoch, from metrics.jsonl records."""
+  epochs = [r['epoch'] for r in history]
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+  ax_loss.plot(epochs, [r['train_loss'] for r in history], 'o-', label='train')
+  ax_loss.plot(epochs, [r['test_loss'] for r in history], 's-', label='test')
+  ax_loss.set(xlabel='epoch', ylabel='cross-entropy', yscale='log', title='loss')
+  ax_acc.plot(epochs, [100 * r['train_accuracy'] for r in history], 'o-', label='train')
+  ema = all('test_accuracy_raw' in r for r in history) and bool(history)
+  ax_acc.plot(
+    epochs,
+    [100 * r['test_accuracy'] for r in history],
+    's-',
+    label='test (EMA weights)' if ema else 'test',
+  )
+  if ema:  # config.ema_decay > 0: the trained weights' accuracy beside the average's.
+    ax_acc.plot(epochs, [100 * r['test_accuracy_raw'] for r in history], '^:', label='test (raw)')
+  ax_acc.axhline(
+    100 * TARGET_ACCURACY, color='gray', ls='--', lw=1, label=f'{100 * TARGET_ACCURACY:g} %'
+  )
+  ax_acc.set(xlabel='epoch', ylabel='accuracy (%)', title='accuracy', ylim=(97, 100))
+  for ax in (ax_loss, ax_acc):
+    ax.grid(alpha=0.3)
+    ax.legend()
+  _save(fig, path)
+
+
+def plot_misclassified(
+  images: np.ndarray, labels: np.ndarray, preds: np.ndarray, path: str, max_images: int = 64
+) -> int:
+  """A grid of misclassified test digits titled 'label→prediction'; returns how many."""
+  wrong = np.flatnonzero(preds != labels)
+  shown = wrong[:max_images]
+  cols = 8
+  rows = max(1, int(np.ceil(len(shown) / cols)))
+  fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.35))
+  for ax in np.ravel(axes):
+    ax.axis('off')
+  for ax, i in zip(np.ravel(axes), shown, strict=False):
+    ax.imshow(images[i], cmap='gray_r')
+    ax.set_title(f'{labels[i]}→{preds[i]}', fontsize=9, color='crimson')
+  fig.suptitle(f'{len(wrong)} of {len(labels)} test digits misclassified (label→prediction)')
+  _save(fig, path)
+  return len(wrong)
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int = 10) -> np.ndarray:
+  """counts[true, predicted]."""
+  counts = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(counts, (labels, preds), 1)
+  return counts
+
+
+def plot_confusion(labels: np.ndarray, preds: np.ndarray, path: str) -> np.ndarray:
+  """The confusion matrix as a heat map (log colour scale), with counts in the cells."""
+  counts = confusion_matrix(labels, preds)
+  fig, ax = plt.subplots(figsize=(6.5, 5.5))
+  im = ax.imshow(np.log1p(counts), cmap='Blues')
+  for t in range(10):
+    for p in range(10):
+      if counts[t, p]:
+        ax.text(
+          p,
+          t,
+          counts[t, p],
+          ha='center',
+          va='center',
+          fontsize=8,
+          color='white' if t == p else 'black',
+        )
+  ax.set(
+    xlabel='predicted',
+    ylabel='true',
+    xticks=range(10),
+    yticks=range(10),
+    title='confusion matrix (test set)',
+  )
+  fig.colorbar(im, ax=ax, label='log(1 + count)')
+  _save(fig, path)
+  return counts
+
+
+def plot_per_class(labels: np.ndarray, preds: np.ndarray, path: str) -> np.ndarray:
+  """Per-class test accuracy as a bar chart; returns the accuracies (NaN: class absent)."""
+  counts = confusion_matrix(labels, preds)
+  totals = counts.sum(1)
+  acc = np.diag(counts) / np.where(totals > 0, totals, np.nan)
+  fig, ax = plt.subplots(figsize=(7, 3.5))
+  ax.bar(range(10), 100 * acc)
+  for c, a in enumerate(acc):
+    ax.text(c, 100 * a, f'{100 * a:.2f}', ha='center', va='bottom', fontsize=8)
+  ax.set(
+    xlabel='digit',
+    ylabel='accuracy (%)',
+    xticks=range(10),
+    ylim=(98, 100.2),
+    title='per-class test accuracy',
+  )
+  _save(fig, path)
+  return acc

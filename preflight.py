@@ -1,0 +1,72 @@
+"""Every check that can be made before training, so that no epoch is lost to a setting that
+could never work. Each failure is one ConfigError naming the field and what it must be."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import ml_collections
+
+import input_pipeline
+import metrics
+from errors import ConfigError
+from nets import cnn
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Refuses out-of-range values before anything is compiled; each message names the field."""
+  checks = [
+    ('num_epochs', config.num_epochs >= 1, 'must be >= 1'),
+    ('batch_size', config.batch_size >= 1, 'must be >= 1'),
+    ('eval_batch_size', config.eval_batch_size >= 1, 'must be >= 1'),
+    ('learning_rate', 0 < config.learning_rate < math.inf, 'must be a finite number > 0'),
+    ('warmup_fraction', 0 <= config.warmup_fraction < 1, 'must be in [0, 1)'),
+    ('momentum', 0 <= config.momentum < 1, 'must be in [0, 1)'),
+    ('weight_decay', 0 <= config.weight_decay < math.inf, 'must be a finite number >= 0'),
+    ('label_smoothing', 0 <= config.label_smoothing < 1, 'must be in [0, 1)'),
+    ('ema_decay', 0 <= config.ema_decay < 1, 'must be in [0, 1) (0 = off)'),
+    ('dropout_rate', 0 <= config.dropout_rate < 1, 'must be in [0, 1)'),
+    ('max_degrees', 0 <= config.max_degrees <= 180, 'must be in [0, 180]'),
+    ('max_shift', 0 <= config.max_shift <= 14, 'must be in [0, 14] pixels'),
+    ('steps_per_call', config.steps_per_call >= 0, 'must be >= 0 (0 = auto)'),
+    ('checkpoints_to_keep', config.checkpoints_to_keep >= 1, 'must be >= 1'),
+    ('arch', config.arch in cnn.ARCHITECTURES, f'must be one of {sorted(cnn.ARCHITECTURES)}'),
+  ]
+  for field, ok, requirement in checks:
+    if not ok:
+      raise ConfigError(f'config.{field}={config[field]!r} {requirement}.')
+  if config.data_dir and not os.path.isdir(config.data_dir):
+    raise ConfigError(f'config.data_dir={config.data_dir!r} is not an existing folder.')
+  devices = jax.device_count()
+  for field in ('batch_size', 'eval_batch_size'):
+    if config[field] % devices:
+      raise ConfigError(f'config.{field}={config[field]} is not divisible by {devices} devices.')
+
+
+def validate_data(config: ml_collections.ConfigDict, data: dict[str, input_pipeline.Split]):
+  """The checks that need the data set, made before anything trains."""
+  num_train, num_test = len(data['train'].labels), len(data['test'].labels)
+  if num_train < config.batch_size:
+    raise ConfigError(
+      f'config.batch_size={config.batch_size} exceeds the {num_train} training examples.'
+    )
+  if num_test == 0:
+    raise ConfigError('the test set holds no images: nothing to evaluate on.')
+  if config.eval_batch_size > max(num_test, jax.device_count()):
+    raise ConfigError(
+      f'config.eval_batch_size={config.eval_batch_size} exceeds the {num_test} test images.'
+    )
+
+
+def prepare_workdir(workdir: str) -> str:
+  """Creates `workdir` and proves it is writable; returns its absolute path."""
+  workdir = os.path.abspath(workdir)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    metrics.write_text(os.path.join(workdir, '.write_test'), 'ok')
+    os.remove(os.path.join(workdir, '.write_test'))
+  except OSError as e:
+    raise ConfigError(f'workdir {workdir!r} is not writable ({e.strerror or e}).') from e
+  return workdir

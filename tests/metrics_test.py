@@ -1,0 +1,95 @@
+"""metrics.py: the atomic writer, the metrics log, the first epoch at the target, the summary."""
+
+import json
+import os
+
+from absl.testing import absltest
+
+import metrics
+
+
+class WriteAtomicallyTest(absltest.TestCase):
+  def test_replaces_the_file_whole(self):
+    path = os.path.join(self.create_tempdir().full_path, 'out.json')
+    metrics.write_json(path, {'a': 1})
+    metrics.write_json(path, {'a': 2})
+    with open(path) as f:
+      self.assertEqual(json.load(f), {'a': 2})
+    self.assertEqual(os.listdir(os.path.dirname(path)), ['out.json'])
+    self.assertEqual(os.stat(path).st_mode & 0o777, 0o644)
+
+  def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(self):
+    folder = self.create_tempdir().full_path
+    path = os.path.join(folder, 'out.txt')
+    metrics.write_text(path, 'good')
+
+    def disk_full(tmp):
+      with open(tmp, 'w') as f:
+        f.write('half')
+      raise OSError(28, 'No space left on device')
+
+    with self.assertRaises(OSError):
+      metrics.write_atomically(path, disk_full)
+    with open(path) as f:
+      self.assertEqual(f.read(), 'good')
+    self.assertEqual(os.listdir(folder), ['out.txt'])
+
+  def test_two_writers_never_share_a_temp_file(self):
+    folder = self.create_tempdir().full_path
+    path = os.path.join(folder, 'out.txt')
+    seen = []
+    metrics.write_atomically(path, seen.append)
+    metrics.write_atomically(path, seen.append)
+    self.assertLen(set(seen), 2)
+
+
+class MetricsLogTest(absltest.TestCase):
+  def test_resume_drops_the_epochs_after_the_checkpoint(self):
+    workdir = self.create_tempdir().full_path
+    log = metrics.MetricsLog(workdir, 0)
+    for epoch in (1, 2, 3):
+      log.write({'epoch': epoch, 'test_accuracy': 0.9})
+    log.close()
+    resumed = metrics.MetricsLog(workdir, 2)
+    resumed.close()
+    self.assertEqual([r['epoch'] for r in resumed.history], [1, 2])
+    self.assertEqual(metrics.read_history(resumed.path), resumed.history)
+
+
+class FirstAtTargetTest(absltest.TestCase):
+  def test_first_epoch_and_training_time_up_to_it(self):
+    history = [
+      {'epoch': 1, 'train_seconds': 2.0, 'test_accuracy': 0.990},
+      {'epoch': 2, 'train_seconds': 3.0, 'test_accuracy': 0.995},
+      {'epoch': 3, 'train_seconds': 4.0, 'test_accuracy': 0.991},
+      {'epoch': 4, 'train_seconds': 5.0, 'test_accuracy': 0.996},
+    ]
+    self.assertEqual(metrics.first_at_target(history, 0.994), (2, 5.0))
+    self.assertEqual(metrics.first_at_target(history, 0.996), (4, 14.0))
+    self.assertEqual(metrics.first_at_target(history, 0.999), (None, None))
+
+
+class SummarizeTest(absltest.TestCase):
+  def test_accuracy_over_the_epochs_and_the_run_fields(self):
+    history = [
+      {'epoch': e, 'train_seconds': 1.5, 'test_accuracy': a}
+      for e, a in enumerate([0.990, 0.996, 0.993, 0.995], start=1)
+    ]
+    s = metrics.summarize(history, 0.995, params=7, arch='x', seed=3, compile_seconds=2.0)
+    self.assertEqual(s['epochs'], 4)
+    self.assertEqual((s['best_test_accuracy'], s['best_epoch']), (0.996, 2))
+    self.assertAlmostEqual(s['mean_last3_test_accuracy'], (0.996 + 0.993 + 0.995) / 3)
+    self.assertEqual(s['min_last3_test_accuracy'], 0.993)
+    self.assertEqual((s['first_epoch_at_target'], s['train_seconds_to_target']), (2, 3.0))
+    self.assertEqual(s['train_seconds'], 6.0)
+    self.assertEqual((s['params'], s['arch'], s['seed'], s['compile_seconds']), (7, 'x', 3, 2.0))
+    self.assertEqual(s['target_accuracy'], metrics.TARGET_ACCURACY)
+
+  def test_no_epoch_yet(self):
+    s = metrics.summarize([], 0.1, params=1, arch='x', seed=0)
+    self.assertIsNone(s['best_test_accuracy'])
+    self.assertIsNone(s['first_epoch_at_target'])
+
+
+if __name__ == '__main__':
+  absltest.main()
