@@ -27,6 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 import workbook
+from metrics import write_atomically
 from nets import toy
 
 CSV_NAME = 'backprop.csv'
@@ -170,23 +171,6 @@ def format_final_table(trajectories: Sequence[Trajectory]) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Writing the outputs (each one atomically: a killed run never leaves a half-written file).
-
-
-def write_atomically(path: str, write: Callable[[str], None]) -> None:
-  """Calls write(tmp) on a temp file beside `path`, then renames it over `path`."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
-  os.close(fd)
-  try:
-    write(tmp)
-    with open(tmp, 'rb') as f:
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are meant to be read by others.
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def write_csv(trajectories: Sequence[Trajectory], path: str) -> None:

@@ -35,6 +35,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Circle  # noqa: E402
 
 import backprop_check as bc  # noqa: E402
+import metrics  # noqa: E402
 import plots  # noqa: E402
 from configs import gap  # noqa: E402
 from nets import cnn, toy  # noqa: E402
@@ -509,7 +510,7 @@ def weight_labels(fig: Figure) -> dict[str, float]:
 
 
 def save_figure(fig: Figure, path: str, dpi: int = 110) -> None:
-  bc.write_atomically(path, lambda tmp: fig.savefig(tmp, format='png', dpi=dpi))
+  metrics.write_atomically(path, lambda tmp: fig.savefig(tmp, format='png', dpi=dpi))
 
 
 def write_backprop_figures(b: Backprop, docs_dir: str) -> dict[str, Figure]:
@@ -762,7 +763,7 @@ def update_doc(path: str, blocks: dict[str, str]) -> bool:
       with open(tmp, 'w') as f:
         f.write(new)
 
-    bc.write_atomically(path, write)
+    metrics.write_atomically(path, write)
   return new != old
 
 

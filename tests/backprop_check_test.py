@@ -131,26 +131,6 @@ class SweepTest(chex.TestCase):
     for t in self.trajectories:
       self.assertIn(repr(float(t.columns['E_total'][-1])), table)
 
-  def test_write_atomically_keeps_the_old_file_when_writing_fails(self):
-    d = self.create_tempdir().full_path
-    path = os.path.join(d, 'out.csv')
-    with open(path, 'w') as f:
-      f.write('old complete file\n')
-
-    def half_write(tmp):
-      with open(tmp, 'w') as f:
-        f.write('half a fi')
-      raise KeyboardInterrupt  # as if killed mid-write
-
-    with self.assertRaises(KeyboardInterrupt):
-      bc.write_atomically(path, half_write)
-    with open(path) as f:
-      self.assertEqual(f.read(), 'old complete file\n')
-    self.assertEqual(os.listdir(d), ['out.csv'])  # no temp file left behind
-    bc.write_atomically(path, lambda tmp: open(tmp, 'w').write('new\n'))
-    self.assertEqual(open(path).read(), 'new\n')
-    self.assertEqual(os.listdir(d), ['out.csv'])
-
 
 class ScriptTest(parameterized.TestCase):
   """backprop_check.py as a command."""

@@ -28,11 +28,17 @@ class WriteAtomicallyTest(absltest.TestCase):
         f.write('half')
       raise OSError(28, 'No space left on device')
 
-    with self.assertRaises(OSError):
-      metrics.write_atomically(path, disk_full)
-    with open(path) as f:
-      self.assertEqual(f.read(), 'good')
-    self.assertEqual(os.listdir(folder), ['out.txt'])
+    def killed(tmp):
+      with open(tmp, 'w') as f:
+        f.write('half')
+      raise KeyboardInterrupt
+
+    for failing_write, error in ((disk_full, OSError), (killed, KeyboardInterrupt)):
+      with self.assertRaises(error):
+        metrics.write_atomically(path, failing_write)
+      with open(path) as f:
+        self.assertEqual(f.read(), 'good')
+      self.assertEqual(os.listdir(folder), ['out.txt'])
 
   def test_two_writers_never_share_a_temp_file(self):
     folder = self.create_tempdir().full_path
