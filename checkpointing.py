@@ -72,16 +72,23 @@ def leaf_digests(state: Any) -> dict[str, str]:
 
 
 def save_checkpoint(
-  manager: ocp.CheckpointManager, epoch: int, state: Any, record: dict[str, Any]
+  manager: ocp.CheckpointManager,
+  epoch: int,
+  state: Any,
+  record: dict[str, Any],
+  run: dict[str, Any] | None = None,
 ) -> None:
-  """Saves `state` as the checkpoint of `epoch`, with its leaf checksums and metrics record.
+  """Saves `state` as the checkpoint of `epoch`, with its leaf checksums, its identity (epoch,
+  step and `run`, the settings that shape the weights) and its metrics record.
 
-  Both go into the step's orbax metadata, which is written before the step is committed, so
-  a committed checkpoint always carries them. Orbax's own files have no checksum: flipped
-  bytes in an array file can load silently as different numbers, and another checkpoint's
-  array files load as if they were this one's (tests/reliability_test.py).
+  All go into the step's orbax metadata, which is written before the step is committed, so a
+  committed checkpoint always carries them. Orbax's own files have no checksum: flipped bytes
+  in an array file can load silently as different numbers, another checkpoint's array files
+  load as if they were this one's, and a whole step folder copied over another loads as that
+  epoch (tests/checkpointing_test.py).
   """
-  metadata = {'leaf_sha256': leaf_digests(state), 'metrics_record': record}
+  identity = {'epoch': epoch, 'step': int(jax.device_get(state.step)), 'run': run}
+  metadata = {'leaf_sha256': leaf_digests(state), 'identity': identity, 'metrics_record': record}
   with quiet_orbax():
     saved = manager.save(epoch, args=ocp.args.StandardSave(state), custom_metadata=metadata)
     manager.wait_until_finished()
@@ -89,8 +96,12 @@ def save_checkpoint(
     raise CheckpointError(f'orbax did not save the checkpoint of epoch {epoch}.')
 
 
-def _verify(manager: ocp.CheckpointManager, step: int, restored: Any) -> str | None:
-  """None if `restored` matches the checksums saved with `step`, else what is wrong."""
+def _verify(
+  manager: ocp.CheckpointManager, step: int, restored: Any, run: dict[str, Any] | None
+) -> str | None:
+  """None if `restored` matches the checksums and identity saved with `step`, else what is
+  wrong: another epoch's checkpoint in this folder, or one saved by a run with other
+  settings (`run`; None: not checked)."""
   with quiet_orbax(logging.FATAL):  # Orbax logs an unreadable file whole; we report it below.
     metadata = manager.metadata(step)
   custom = metadata.custom_metadata
@@ -108,33 +119,66 @@ def _verify(manager: ocp.CheckpointManager, step: int, restored: Any) -> str | N
   bad = sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
   if bad:
     return f'{len(bad)} array(s) do not match their saved checksum: {", ".join(bad[:3])}'
+  return _identity_problem(custom.get('identity'), step, run)
+
+
+def _identity_problem(identity: Any, step: int, run: dict[str, Any] | None) -> str | None:
+  """What is wrong with a checkpoint's saved identity for folder `step` and this run."""
+  if identity is None:
+    logging.warning('Checkpoint of epoch %d carries no identity; loading it unchecked.', step)
+    return None
+  if identity.get('epoch') != step:
+    return f'it is the checkpoint of epoch {identity.get("epoch")}, in the folder of epoch {step}'
+  saved = identity.get('run')
+  if run is not None and saved is not None and saved != run:
+    fields = sorted(k for k in saved.keys() | run.keys() if saved.get(k) != run.get(k))
+    changed = ', '.join(f'{k}={saved.get(k)!r} (now {run.get(k)!r})' for k in fields)
+    return f'it was saved by a run with other settings: {changed}'
   return None
 
 
-def restore_latest(manager: ocp.CheckpointManager, target: Any) -> tuple[Any, int]:
-  """Restores the newest checkpoint that loads and matches its checksums; (state, epoch).
+def _reader(directory: Any) -> ocp.CheckpointManager:
+  """A manager that only reads: one per step restored, since a manager that met a broken step
+  folder (empty, or without its item) refuses every later restore."""
+  options = ocp.CheckpointManagerOptions(
+    create=False, enable_async_checkpointing=False, cleanup_tmp_directories=False
+  )
+  return ocp.CheckpointManager(directory, options=options)
 
-  Returns (target, 0) when there is no checkpoint. A checkpoint that fails is reported and
-  skipped in favour of the one before it; CheckpointError if every one fails.
+
+def restore_latest(
+  manager: ocp.CheckpointManager, target: Any, run: dict[str, Any] | None = None
+) -> tuple[Any, int]:
+  """Restores the newest checkpoint that loads and passes its checks; (state, epoch).
+
+  Returns (target, 0) when there is no checkpoint. A checkpoint that fails (damaged arrays or
+  metadata, another epoch's checkpoint in its folder, saved by a run whose settings differ
+  from `run`) is reported and skipped in favour of the one before it; CheckpointError if
+  every one fails.
   """
   # As arrays, so that a Python-int `step` restores with the int32 dtype it was saved (and
   # checksummed) with.
   abstract = jax.tree_util.tree_map(
     lambda x: ocp.utils.to_shape_dtype_struct(jnp.asarray(x)), target
   )
-  manager.reload()  # Another process (or the user) may have changed the folder.
-  steps = sorted(manager.all_steps(), reverse=True)
+  with quiet_orbax(logging.ERROR):  # A broken step folder is reported below, once.
+    manager.reload()  # Another process (or the user) may have changed the folder.
+    steps = sorted(manager.all_steps(), reverse=True)
   problems = []
   for step in steps:
+    with quiet_orbax(logging.ERROR):
+      reader = _reader(manager.directory)
     try:
-      with quiet_orbax():
-        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        problem = _verify(manager, step, restored)
+      with quiet_orbax(logging.ERROR):
+        restored = reader.restore(step, args=ocp.args.StandardRestore(abstract))
+      problem = _verify(reader, step, restored, run)
     except Exception as e:  # Orbax/TensorStore raise many types for unreadable files.
       problem = f'it does not load ({type(e).__name__}: {str(e).splitlines()[0][:200]})'
+    finally:
+      reader.close()
     if problem:
       logging.warning(
-        'Checkpoint of epoch %d is corrupt: %s; trying the one before.', step, problem
+        'Checkpoint of epoch %d is unusable: %s; trying the one before.', step, problem
       )
       problems.append(f'epoch {step}: {problem}')
       continue
@@ -152,8 +196,8 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any) -> tuple[Any, in
     return restored, step
   if steps:
     raise CheckpointError(
-      f'no usable checkpoint in {manager.directory}: ' + '; '.join(problems) + '. Move the '
-      'folder away to start afresh.'
+      f'no usable checkpoint in {manager.directory} ({len(problems)} tried; the newest: '
+      f'{problems[0]}). Move the folder away to start afresh.'
     )
   return target, 0
 

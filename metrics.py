@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 TARGET_ACCURACY = 0.994  # The mission's bar: the first epoch at or above it is reported.
 
@@ -56,11 +57,26 @@ def write_json(path: str, obj: Any) -> None:
 
 
 def read_history(path: str) -> list[dict[str, Any]]:
-  """The records of a metrics.jsonl ([] if there is none)."""
+  """The records of a metrics.jsonl ([] if there is none), up to its first damaged line (a
+  half-written or garbled tail): that line and the ones after it are dropped, with a warning."""
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  records = []
+  with open(path, errors='replace') as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        if not isinstance(record, dict) or not isinstance(record.get('epoch'), int):
+          raise ValueError('not an epoch record')
+      except ValueError:
+        logging.warning(
+          '%s: line %d is damaged; it and the lines after it are dropped.', path, number
+        )
+        break
+      records.append(record)
+  return records
 
 
 class MetricsLog:

@@ -36,7 +36,7 @@ import input_pipeline
 import metrics
 import plots
 import preflight
-from errors import ConfigError, NonFiniteError, UserError
+from errors import NonFiniteError, UserError
 from nets import cnn
 
 
@@ -379,35 +379,65 @@ def phase_marker(phase: str, epoch: int) -> None:
 # ----------------------------------------------------------------------------- the run
 
 
-def epoch_record(epoch, state, sums, test, raw_test, seconds, images, schedule) -> dict:
-  """The metrics.jsonl line of one epoch."""
+def fit_epoch(config, programs, state, train_data, test, epoch, rngs, schedule):
+  """Trains epoch `epoch` (a progress bar on a terminal) and scores it on the test set:
+  (new state, its metrics.jsonl record)."""
+  from tqdm import tqdm  # Lazy: only the interactive trainer needs it.
+
+  phase_marker('train', epoch)
+  perm_rng, step_rng = rngs
+  steps = len(train_data[1]) // config.batch_size
+  t0 = time.perf_counter()
+  batches = programs.make_batches(jax.random.fold_in(perm_rng, epoch))
+  desc, disable = f'epoch {epoch}/{config.num_epochs}', not sys.stderr.isatty()
+  with tqdm(total=steps, desc=desc, unit='step', leave=False, disable=disable) as bar:
+    state, sums = train_epoch(programs, state, train_data, batches, step_rng, bar.update)
+  seconds = time.perf_counter() - t0
+  phase_marker('eval', epoch)
+  score = functools.partial(
+    evaluate, state=state, images=test.images, labels=test.labels, batch_size=config.eval_batch_size
+  )
   record = {
     'epoch': epoch,
     'step': int(state.step),
     'train_loss': float(sums['loss_sum'] / sums['count']),
     'train_accuracy': float(sums['correct'] / sums['count']),
-    'test_loss': test['loss'],
-    'test_accuracy': test['accuracy'],
+    **{f'test_{k}': v for k, v in score(programs.eval_fn)[0].items()},
     'learning_rate': float(schedule(int(state.step) - 1)),
     'train_seconds': seconds,
-    'images_per_second': images / seconds,
+    'images_per_second': steps * config.batch_size / seconds,
   }
-  if raw_test is not None:  # Score the trained weights too: what the average adds is visible.
-    record['test_accuracy_raw'] = raw_test['accuracy']
-  return record
+  if config.ema_decay > 0:  # Score the trained weights too: what the average adds is visible.
+    record['test_accuracy_raw'] = score(programs.raw_eval_fn)[0]['accuracy']
+  return state, record
+
+
+# Settings a run may change on resume: they do not shape the weights. Every other config field
+# is saved with each checkpoint, and a checkpoint saved under other values is not resumed.
+RESUMABLE_CHANGES = (
+  'data_dir', 'data_url', 'download_dir', 'eval_batch_size', 'steps_per_call',
+  'checkpoints_to_keep', 'plots',
+)  # fmt: skip
+
+
+def run_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config fields that shape the weights (what a resumed checkpoint must match)."""
+  return {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
 
 
 def restore(workdir: str, config, state: TrainState):
-  """(manager, state, epoch, log): the newest good checkpoint (or `state` at epoch 0), the
-  damaged newer ones set aside, and the metrics log cut back to that epoch."""
+  """(manager, state, epoch, log): the newest good checkpoint of this run (or `state` at epoch
+  0), the unusable newer ones set aside, and the metrics log cut back to that epoch."""
   with checkpointing.quiet_orbax():
     manager = checkpointing.checkpoint_manager(workdir, config.checkpoints_to_keep)
-  state, epoch = checkpointing.restore_latest(manager, state)
+  state, epoch = checkpointing.restore_latest(manager, state, run_settings(config))
   checkpointing.set_aside_newer_checkpoints(manager, epoch, workdir)
   log = metrics.MetricsLog(workdir, epoch)
-  if epoch and epoch not in {r['epoch'] for r in log.history}:
-    # Killed between the save and the metrics line: the checkpoint carries its epoch's line.
-    if record := checkpointing.checkpoint_record(manager, epoch):
+  # Lines missing after the log's last one (killed between a save and its line, or a damaged
+  # tail dropped): each kept checkpoint carries its epoch's line.
+  last = log.history[-1]['epoch'] if log.history else 0
+  for step in sorted(s for s in manager.all_steps() if last < s <= epoch):
+    if record := checkpointing.checkpoint_record(manager, step):
       log.write(record)
   return manager, state, epoch, log
 
@@ -424,6 +454,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   preflight.validate_config(config)
   workdir = preflight.prepare_workdir(workdir)
+  with preflight.workdir_lock(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """train_and_evaluate, once the config is checked and the workdir is this run's alone."""
   data = input_pipeline.get_datasets(config.data_dir, config.data_url, config.download_dir)
   preflight.validate_data(config, data)
   metrics.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
@@ -453,36 +489,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     jax.default_backend(),
     jax.device_count(),
   )
-  from tqdm import tqdm  # Lazy: only the interactive trainer needs it.
-
   schedule = make_schedule(config, steps_per_epoch)  # For logging the LR each epoch used last.
   for epoch in range(start_epoch + 1, config.num_epochs + 1):
-    phase_marker('train', epoch)
-    t0 = time.perf_counter()
-    batches = programs.make_batches(jax.random.fold_in(perm_rng, epoch))
-    desc, disable = f'epoch {epoch}/{config.num_epochs}', not sys.stderr.isatty()
-    with tqdm(total=steps_per_epoch, desc=desc, unit='step', leave=False, disable=disable) as bar:
-      try:
-        state, sums = train_epoch(programs, state, train_data, batches, step_rng, bar.update)
-      except NonFiniteError as e:
-        raise NonFiniteError(
-          f'{e} (epoch {epoch}); training stopped. The last good checkpoint (epoch {epoch - 1}) '
-          f'is kept in {manager.directory}.'
-        ) from None
-    seconds = time.perf_counter() - t0
-    phase_marker('eval', epoch)
-    test_metrics, _ = evaluate(
-      programs.eval_fn, state, test.images, test.labels, config.eval_batch_size
-    )
-    raw = None
-    if config.ema_decay > 0:
-      raw, _ = evaluate(
-        programs.raw_eval_fn, state, test.images, test.labels, config.eval_batch_size
+    try:
+      state, record = fit_epoch(
+        config, programs, state, train_data, test, epoch, (perm_rng, step_rng), schedule
       )
-    images = steps_per_epoch * config.batch_size
-    record = epoch_record(epoch, state, sums, test_metrics, raw, seconds, images, schedule)
+    except NonFiniteError as e:
+      raise NonFiniteError(
+        f'{e} (epoch {epoch}); training stopped. The last good checkpoint (epoch {epoch - 1}) '
+        f'is kept in {manager.directory}.'
+      ) from None
     phase_marker('save', epoch)
-    checkpointing.save_checkpoint(manager, epoch, state, record)
+    checkpointing.save_checkpoint(manager, epoch, state, record, run_settings(config))
     phase_marker('saved', epoch)
     log.write(record)
     logging.info(
@@ -537,11 +556,15 @@ def main(argv):
   if FLAGS.coordinator_address:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   try:
-    train_and_evaluate(load_config(), FLAGS.workdir)
+    train_and_evaluate(preflight.load_config(FLAGS), FLAGS.workdir)
   except UserError as e:
     sys.exit(f'error: {e}')
+  except OSError as e:  # A full disk, a folder gone: every write is atomic, nothing is lost.
+    where = f' ({e.filename})' if e.filename else ''
+    sys.exit(f'error: {e.strerror or e}{where}; fix it and rerun to resume from the last epoch.')
   except KeyboardInterrupt:
-    sys.exit('error: interrupted; rerun the same command to resume from the last checkpoint.')
+    print('error: interrupted; rerun the same command to resume.', file=sys.stderr)
+    sys.exit(130)
 
 
 def define_flags() -> None:
@@ -554,7 +577,7 @@ def define_flags() -> None:
       'config', 'configs/mnist.py', 'Training config file (see configs/).', lock_config=True
     )
   except (KeyError, AttributeError) as e:
-    sys.exit(config_error(e, sys.argv))
+    sys.exit(preflight.config_error(e, sys.argv))
   flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and plots are written.')
   flags.DEFINE_string('coordinator_address', None, 'Multi-host only: host:port of process 0.')
   flags.DEFINE_integer('num_processes', None, 'Multi-host only: number of processes.')
@@ -569,43 +592,8 @@ def define_flags() -> None:
   flags.mark_flags_as_required(['workdir'])
 
 
-def config_error(e: BaseException, argv: list[str]) -> str:
-  """One line for an error config_flags raised: an unknown field or a broken config file."""
-  chain = [e]
-  while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
-    chain.append(chain[-1].__cause__ or chain[-1].__context__)
-  root = chain[-1]
-  if isinstance(root, KeyError | AttributeError) and 'get_config' not in str(root):
-    overrides = ' '.join(a for a in argv[1:] if a.startswith('--config.'))
-    detail = max((str(x) for x in chain if isinstance(x, KeyError)), key=len)
-    detail = detail[1:-1] if detail[:1] == detail[-1:] == '"' else detail
-    return f'error: unknown config field in {overrides}: {detail}'
-  return f'error: --config: {type(root).__name__}: {(str(root) or "?").splitlines()[0]}'
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, with a bad --config file or --config.<field> reported in one line."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:  # A config file that raised: its message holds the traceback.
-    lines = [line for line in str(e).splitlines() if line.strip()]
-    sys.exit(f'error: {lines[0]} {lines[-1]}' if 'Traceback' in str(e) else f'error: {e}')
-  except Exception as e:  # config_flags raises the config file's own errors while parsing.
-    sys.exit(config_error(e, argv))
-
-
-def load_config() -> ml_collections.ConfigDict:
-  """FLAGS.config; a --config file that does not exist is only found out here."""
-  try:
-    FLAGS.config.get('seed')  # The first access raises the deferred load error.
-    return FLAGS.config
-  except OSError as e:
-    detail = str(e).strip().splitlines()[-1].strip()
-    raise ConfigError(f'the --config file could not be loaded ({detail}).') from None
-
-
 FLAGS = flags.FLAGS
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=functools.partial(preflight.parse_flags, FLAGS))

@@ -3,10 +3,13 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 from absl.testing import absltest
 
 import analysis
+import errors
 import train
 from tests import testutil
 
@@ -39,6 +42,43 @@ class AnalyseWorkdirTest(absltest.TestCase):
     with open(os.path.join(workdir, 'metrics.jsonl')) as f:
       self.assertIn('test_accuracy_raw', json.loads(f.readline()))
     self._analyse(workdir, summary)  # The raw weights would give another loss.
+
+
+class UnfinishedAndBadWorkdirsTest(absltest.TestCase):
+  def test_an_unfinished_run_is_analysed_from_its_newest_checkpoint(self):
+    _, reference, summary = testutil.reference_run()
+    workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    shutil.copytree(reference, workdir)
+    os.remove(os.path.join(workdir, 'summary.json'))  # As if still training.
+    result = analysis.analyse_workdir(workdir)
+    self.assertEqual(result['epoch'], 2)
+    self.assertAlmostEqual(result['test_accuracy'], summary['final_test_accuracy'])
+    self.assertFalse(os.path.exists(os.path.join(workdir, 'summary.json')))
+
+  def test_what_cannot_be_analysed_is_one_error_and_nothing_is_created(self):
+    started = self.create_tempdir().full_path
+    with open(os.path.join(started, 'config.json'), 'w') as f:
+      json.dump(testutil.tiny_config('/nowhere').to_dict(), f)
+    cases = {
+      '/no/such/workdir': 'does not exist',
+      self.create_tempdir().full_path: 'holds no config.json or summary.json',
+      started: 'has no checkpoints/ yet',
+    }
+    for workdir, message in cases.items():
+      with self.subTest(message):
+        before = sorted(os.listdir(workdir)) if os.path.isdir(workdir) else None
+        with self.assertRaisesRegex(errors.ConfigError, message):
+          analysis.analyse_workdir(workdir)
+        after = sorted(os.listdir(workdir)) if os.path.isdir(workdir) else None
+        self.assertEqual(after, before)
+
+  def test_the_command_prints_one_line(self):
+    proc = subprocess.run(
+      [sys.executable, 'analysis.py', '--workdir=/no/such/workdir'],
+      cwd=testutil.REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    self.assertEqual(proc.returncode, 1)
+    self.assertEqual(proc.stderr.strip(), "error: workdir '/no/such/workdir' does not exist.")
 
 
 if __name__ == '__main__':

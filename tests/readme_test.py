@@ -8,6 +8,7 @@ import re
 
 from absl.testing import absltest
 
+from configs import mnist
 from nets import cnn
 from scripts import seeds
 from tests import testutil
@@ -36,11 +37,14 @@ def _readme() -> str:
 
 class ReadmeTest(absltest.TestCase):
   def test_model_table_is_what_summary_prints(self):
-    table = cnn.format_summary(cnn.summary(cnn.build('default')))
+    config = mnist.get_config()
+    table = cnn.format_summary(cnn.summary(cnn.build(config.arch, config.dropout_rate)))
     self.assertIn(table, _readme(), 'README model table is stale: paste format_summary output')
 
   def test_parameter_count_quoted(self):
-    self.assertIn(f'{cnn.param_count(cnn.build("default")):,} parameters', _readme())
+    config = mnist.get_config()
+    params = cnn.param_count(cnn.build(config.arch, config.dropout_rate))
+    self.assertIn(f'the default ({params:,} parameters', _readme())
 
   def test_paths_exist(self):
     for path in sorted(
@@ -74,6 +78,8 @@ class ReadmeTest(absltest.TestCase):
       self.assertTrue(cells[4].startswith(f'{t["steady"]}/{t["runs"]}'), name)
       self.assertEqual(cells[5], f'{t["mean_final"]:.2f}', name)
       self.assertEqual(cells[6], f'{t["min_final"]:.2f}', name)
+      self.assertIn(f'(lowest {t["lowest_last3"]:.2f} %)', cells[4], name)
+      self.assertIn(seeds.footer(summaries), _readme(), f'README lacks the footer of {name}')
 
   def test_committed_runs_are_runs_of_their_config(self):
     """docs/runs/NAME holds runs of configs/NAME.py as it is now, field for field."""

@@ -1,18 +1,21 @@
-"""Faults a run must survive: SIGKILL anywhere, corrupt checkpoints, bad flags, NaN gradients.
+"""Faults a whole run must survive: SIGKILL anywhere, a damaged workdir, two trainers, bad
+flags, Ctrl-C, NaN gradients.
 
-Bad data files and the IDX fuzzer are in input_pipeline_test.py; a NaN loss stopping
-training end to end and the in-process resume are in train_test.py.
+Damage to single checkpoints is in checkpointing_test.py; bad data files and the IDX fuzzer
+in input_pipeline_test.py; a NaN loss stopping training end to end and the in-process resume
+in train_test.py.
 """
 
 import concurrent.futures
+import fcntl
 import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +25,7 @@ import checkpointing
 import errors
 import train
 from configs import mnist
-from tests import testutil
+from tests import checkpointing_test, testutil
 
 
 def _load_crash_resume():
@@ -40,55 +43,6 @@ def _read_metrics(workdir):
     records = [json.loads(line) for line in f]
   timing = ('train_seconds', 'images_per_second')
   return [{k: v for k, v in r.items() if k not in timing} for r in records]
-
-
-def _files(folder):
-  """Every file under `folder`, largest first."""
-  paths = [os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs]
-  return sorted(paths, key=os.path.getsize, reverse=True)
-
-
-def _garble(path):
-  """Inverts 16 bytes in the middle of `path`, leaving its size alone."""
-  with open(path, 'rb') as f:
-    data = bytearray(f.read())
-  mid = len(data) // 2
-  data[mid : mid + 16] = bytes(b ^ 0xFF for b in data[mid : mid + 16])
-  with open(path, 'wb') as f:
-    f.write(data)
-
-
-def _array_data_files(checkpoint_dir):
-  """The files of the checkpoint's array store (OCDBT `d/` folders: b-tree nodes and values).
-
-  Which of them hold live data varies: orbax's writes split the arrays over a different number
-  of files from run to run, and a file can hold superseded nodes that no read touches.
-  """
-  paths = [p for p in _files(checkpoint_dir) if os.path.basename(os.path.dirname(p)) == 'd']
-  assert paths, f'no array data files under {checkpoint_dir}'
-  return paths
-
-
-def _invert_array_data(checkpoint_dir):
-  """Inverts every byte of every array data file: whatever a restore reads is damaged."""
-  for path in _array_data_files(checkpoint_dir):
-    with open(path, 'rb') as f:
-      data = f.read()
-    with open(path, 'wb') as f:
-      f.write(bytes(b ^ 0xFF for b in data))
-
-
-def _swap_in_array_data_of_epoch_1(checkpoint_dir):
-  """Epoch 1's whole array store over this checkpoint's: valid files, wrong numbers."""
-  epoch_1 = os.path.join(os.path.dirname(checkpoint_dir), '1', 'default')
-  shutil.copytree(epoch_1, os.path.join(checkpoint_dir, 'default'), dirs_exist_ok=True)
-
-
-def _truncate(path):
-  with open(path, 'rb') as f:
-    data = f.read()
-  with open(path, 'wb') as f:
-    f.write(data[: len(data) // 2])
 
 
 class CrashResumeTest(absltest.TestCase):
@@ -109,121 +63,7 @@ class CrashResumeTest(absltest.TestCase):
     self.assertLen(result['kills'], 2)
 
 
-class CheckpointIntegrityTest(parameterized.TestCase):
-  """The newest checkpoint damaged on disk: restore_latest falls back to the one before."""
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.template = train.create_train_state(jax.random.key(0), mnist.get_config(), 10)
-    # Distinct states per epoch, so that loading the wrong one would show.
-    cls.states = {
-      e: cls.template.replace(
-        step=e, params=jax.tree_util.tree_map(lambda p, e=e: p + e, cls.template.params)
-      )
-      for e in (1, 2)
-    }
-
-  def setUp(self):
-    super().setUp()
-    self.workdir = self.create_tempdir().full_path
-    manager = checkpointing.checkpoint_manager(self.workdir, 3)
-    for epoch, state in self.states.items():
-      checkpointing.save_checkpoint(manager, epoch, state, {'epoch': epoch})
-    manager.close()
-    self.newest = os.path.join(self.workdir, 'checkpoints', '2')
-
-  def _restore(self):
-    manager = checkpointing.checkpoint_manager(self.workdir, 3)
-    try:
-      return checkpointing.restore_latest(manager, self.template)
-    finally:
-      manager.close()
-
-  def test_intact_checkpoint_loads_exactly(self):
-    state, epoch = self._restore()
-    self.assertEqual(epoch, 2)
-    chex.assert_trees_all_equal(state.params, self.states[2].params)
-    self.assertEqual(int(state.step), 2)
-
-  def test_orbax_alone_loads_another_checkpoints_arrays_silently(self):
-    """Why the checksums exist: orbax 0.12.8 checks no array content. Epoch 1's array files
-    under epoch 2's name load without a word, as epoch 1's numbers; flipped bytes in an array
-    file (the cases below) may likewise decode to other numbers."""
-    _swap_in_array_data_of_epoch_1(self.newest)
-    manager = checkpointing.checkpoint_manager(self.workdir, 3)
-    abstract = jax.tree_util.tree_map(
-      lambda x: checkpointing.ocp.utils.to_shape_dtype_struct(jnp.asarray(x)), self.template
-    )
-    try:
-      loaded = manager.restore(2, args=checkpointing.ocp.args.StandardRestore(abstract))
-    finally:
-      manager.close()
-    chex.assert_trees_all_equal(loaded.params, self.states[1].params)
-    self.assertEqual(int(loaded.step), 1)
-
-  @parameterized.named_parameters(
-    # Flipped bytes decode to other numbers (caught by the checksums) or to nothing (a file or
-    # b-tree node that does not parse), depending on where they land.
-    (
-      'garbled_array_data',
-      lambda d: [_garble(p) for p in _array_data_files(d)],
-      'checksum|does not load',
-    ),
-    ('inverted_array_data', _invert_array_data, 'checksum|does not load'),
-    # Valid array files of another checkpoint: they load, only the checksums can tell.
-    ('array_data_of_epoch_1', _swap_in_array_data_of_epoch_1, 'checksum'),
-    (
-      'truncated_array_data',
-      lambda d: [_truncate(p) for p in _array_data_files(d)],
-      'does not load',
-    ),
-    ('missing_array_data', lambda d: [os.remove(p) for p in _array_data_files(d)], 'does not load'),
-    ('missing_manifest', lambda d: os.remove(f'{d}/default/manifest.ocdbt'), 'does not load'),
-    ('truncated_tree_metadata', lambda d: _truncate(f'{d}/default/_METADATA'), 'does not load'),
-    ('missing_tree_metadata', lambda d: os.remove(f'{d}/default/_METADATA'), 'does not load'),
-    ('missing_checksums', lambda d: os.remove(f'{d}/_CHECKPOINT_METADATA'), 'unreadable'),
-    ('garbled_checksums', lambda d: _garble(f'{d}/_CHECKPOINT_METADATA'), 'unreadable'),
-  )
-  def test_damaged_newest_checkpoint_falls_back_to_the_one_before(self, damage, problem):
-    damage(self.newest)
-    with self.assertLogs(logger='absl', level='WARNING') as logs:
-      state, epoch = self._restore()
-    self.assertEqual(epoch, 1)
-    chex.assert_trees_all_equal(state.params, self.states[1].params)
-    log = '\n'.join(logs.output)
-    self.assertIn('Checkpoint of epoch 2 is corrupt', log)
-    self.assertRegex(log, problem)
-    self.assertIn('Resuming from the checkpoint of epoch 1, the newest good one', log)
-
-  def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(self):
-    for epoch in (1, 2):
-      _invert_array_data(os.path.join(self.workdir, 'checkpoints', str(epoch)))
-    with self.assertRaisesRegex(errors.CheckpointError, 'no usable checkpoint.*epoch 2.*epoch 1'):
-      self._restore()
-
-  def test_checkpoint_without_checksums_loads_with_a_warning(self):
-    """Checkpoints saved before the checksums existed still resume (unverified)."""
-    workdir = self.create_tempdir().full_path
-    manager = checkpointing.checkpoint_manager(workdir, 3)
-    manager.save(1, args=checkpointing.ocp.args.StandardSave(self.states[1]))
-    manager.close()
-    with self.assertLogs(logger='absl', level='WARNING') as logs:
-      manager = checkpointing.checkpoint_manager(workdir, 3)
-      state, epoch = checkpointing.restore_latest(manager, self.template)
-    self.assertEqual(epoch, 1)
-    chex.assert_trees_all_equal(state.params, self.states[1].params)
-    self.assertIn('no checksums', '\n'.join(logs.output))
-
-  def test_keeps_the_newest_few(self):
-    manager = checkpointing.checkpoint_manager(self.workdir, 3)
-    for epoch in (3, 4, 5):
-      checkpointing.save_checkpoint(manager, epoch, self.states[1], {'epoch': epoch})
-    self.assertEqual(manager.all_steps(), [3, 4, 5])
-    self.assertEqual(sorted(os.listdir(os.path.join(self.workdir, 'checkpoints'))), ['3', '4', '5'])
-
-
-class RecoveryTest(absltest.TestCase):
+class RecoveryTest(parameterized.TestCase):
   """train_and_evaluate on a damaged workdir ends as if nothing had happened."""
 
   @classmethod
@@ -252,11 +92,11 @@ class RecoveryTest(absltest.TestCase):
 
   def test_corrupt_newest_checkpoint_is_set_aside_and_its_epoch_retrained(self):
     workdir = self._copy_reference()
-    _invert_array_data(os.path.join(workdir, 'checkpoints', '2'))
+    checkpointing_test.invert_array_data(os.path.join(workdir, 'checkpoints', '2'))
     with self.assertLogs(logger='absl', level='WARNING') as logs:
       train.train_and_evaluate(self.config, workdir)
     log = '\n'.join(logs.output)
-    self.assertIn('Checkpoint of epoch 2 is corrupt', log)
+    self.assertIn('Checkpoint of epoch 2 is unusable', log)
     self.assertIn('Resuming from the checkpoint of epoch 1, the newest good one', log)
     (rejected,) = os.listdir(os.path.join(workdir, 'rejected_checkpoints'))
     self.assertTrue(rejected.startswith('2-'), rejected)
@@ -270,6 +110,47 @@ class RecoveryTest(absltest.TestCase):
       lines = f.readlines()
     with open(path, 'w') as f:
       f.writelines(lines[:-1])  # As if killed right after saving epoch 2.
+    train.train_and_evaluate(self.config, workdir)
+    self._assert_same_as_reference(workdir)
+
+  @parameterized.named_parameters(
+    ('half_written', lambda line: line[: len(line) // 2]),
+    ('garbage', lambda line: '\x00\xff not json\n'),
+  )
+  def test_damaged_metrics_tail_is_rebuilt_from_the_checkpoints(self, damage):
+    workdir = self._copy_reference()
+    path = os.path.join(workdir, 'metrics.jsonl')
+    with open(path) as f:
+      lines = f.readlines()
+    with open(path, 'w') as f:
+      f.writelines([*lines[:-1], damage(lines[-1])])
+    with self.assertLogs(logger='absl', level='WARNING') as logs:
+      train.train_and_evaluate(self.config, workdir)
+    self.assertIn('line 2 is damaged', '\n'.join(logs.output))
+    self._assert_same_as_reference(workdir)
+
+  def test_an_older_checkpoint_copied_over_the_newest_is_retrained(self):
+    workdir = self._copy_reference()
+    checkpoints = os.path.join(workdir, 'checkpoints')
+    shutil.rmtree(os.path.join(checkpoints, '2'))
+    shutil.copytree(os.path.join(checkpoints, '1'), os.path.join(checkpoints, '2'))
+    with self.assertLogs(logger='absl', level='WARNING') as logs:
+      train.train_and_evaluate(self.config, workdir)
+    self.assertIn(
+      'it is the checkpoint of epoch 1, in the folder of epoch 2', '\n'.join(logs.output)
+    )
+    self._assert_same_as_reference(workdir)
+
+  def test_a_second_trainer_on_the_workdir_is_refused(self):
+    workdir = self._copy_reference()
+    with open(os.path.join(workdir, '.lock'), 'a+') as held:
+      fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # As a running trainer holds it.
+      held.truncate(0)
+      held.write('pid 1 on another-host\n')
+      held.flush()
+      with self.assertRaisesRegex(errors.ConfigError, r'in use by another trainer \(pid 1 on'):
+        train.train_and_evaluate(self.config, workdir)
+    # Released (as when its holder exits, SIGKILL included): the next trainer goes ahead.
     train.train_and_evaluate(self.config, workdir)
     self._assert_same_as_reference(workdir)
 
@@ -351,6 +232,37 @@ class CommandLineTest(parameterized.TestCase):
         self.assertNotIn('Traceback', proc.stderr)
         self.assertNotIn('Compiled', proc.stderr)
     self.assertFalse(os.path.exists(f'{tmp}/run/checkpoints'))
+
+
+class InterruptTest(absltest.TestCase):
+  def test_ctrl_c_mid_epoch_is_one_line_then_the_rerun_resumes(self):
+    tmp = self.create_tempdir().full_path
+    data_dir = testutil.write_idx_dir(os.path.join(tmp, 'data'), 64, 16)
+    argv = [
+      sys.executable, 'train.py', '--config=configs/gap.py', f'--workdir={tmp}/run',
+      f'--config.data_dir={data_dir}', '--config.batch_size=8', '--config.eval_batch_size=8',
+      '--config.num_epochs=2', '--config.steps_per_call=2', '--config.plots=False',
+    ]  # fmt: skip
+    env = {**os.environ, 'S6JAX_PHASE_MARKERS': '1'}
+    proc = subprocess.Popen(
+      argv, cwd=testutil.REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True
+    )
+    stderr = []
+    for line in proc.stderr:  # Epoch 1 is saved when epoch 2's training begins.
+      stderr.append(line)
+      if line.startswith('S6JAX_PHASE train 2'):
+        proc.send_signal(signal.SIGINT)
+        break
+    _, rest = proc.communicate(timeout=120)
+    self.assertEqual(proc.returncode, 130, rest[-2000:])
+    self.assertNotIn('Traceback', rest)
+    self.assertEqual(
+      rest.strip().splitlines()[-1], 'error: interrupted; rerun the same command to resume.'
+    )
+    done = subprocess.run(argv, cwd=testutil.REPO_ROOT, capture_output=True, text=True, timeout=300)
+    self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+    self.assertIn('Resuming from the checkpoint of epoch 1', done.stderr)
+    self.assertEqual([r['epoch'] for r in _read_metrics(f'{tmp}/run')], [1, 2])
 
 
 if __name__ == '__main__':
