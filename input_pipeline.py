@@ -150,6 +150,22 @@ def write_idx(path: str, array: np.ndarray) -> None:
     f.write(data)
 
 
+def write_idx_dir(folder: str, splits: dict[str, Split], gz: bool = True) -> str:
+  """Writes {'train': Split, 'test': Split} as the four standard IDX files; returns `folder`."""
+  os.makedirs(folder, exist_ok=True)
+  suffix = '.gz' if gz else ''
+  for split, data in splits.items():
+    images_stem, labels_stem = IDX_FILES[split]
+    write_idx(os.path.join(folder, images_stem + suffix), data.images)
+    write_idx(os.path.join(folder, labels_stem + suffix), data.labels)
+  return folder
+
+
+def first(splits: dict[str, Split], **counts: int) -> dict[str, Split]:
+  """The first `counts[split]` examples of each split, e.g. first(data, train=64, test=16)."""
+  return {k: Split(v.images[: counts[k]], v.labels[: counts[k]]) for k, v in splits.items()}
+
+
 # ----------------------------------------------------------------------------- download
 
 # Where TFDS's MNIST builder downloads the four .gz files from.

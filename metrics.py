@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 from absl import logging
 
 TARGET_ACCURACY = 0.994  # The mission's bar: the first epoch at or above it is reported.
+TARGET = f'{100 * TARGET_ACCURACY:g} %'  # As tables and plots write it.
 
 
 def write_atomically(path: str, write: Callable[[str], None]) -> None:
@@ -139,3 +141,82 @@ def summarize(history: list[dict[str, Any]], final_accuracy: float, **run: Any) 
     'train_seconds': sum(r['train_seconds'] for r in history),
     **run,
   }
+
+
+# ----------------------------------------------------------------------------- tables of runs
+
+
+HEADER = (
+  '| seed | params | best % | final % | mean of last 3 % | min of last 3 % '
+  f'| first epoch ≥ {TARGET} | epochs | train s | compile s | hardware |\n'
+  '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |'
+)
+
+
+def row(s: dict) -> str:
+  first = s['first_epoch_at_target'] if s['first_epoch_at_target'] is not None else '—'
+  hardware = f'{s["device_count"]}× {s["device_kind"]}'
+  return (
+    f'| {s["seed"]} | {s["params"]:,} | {100 * s["best_test_accuracy"]:.2f} '
+    f'| {100 * s["final_test_accuracy"]:.2f} | {100 * s["mean_last3_test_accuracy"]:.2f} '
+    f'| {100 * s["min_last3_test_accuracy"]:.2f} | {first} | {s["epochs"]} '
+    f'| {s["train_seconds"]:.0f} | {s["compile_seconds"]:.0f} '
+    f'| {hardware} |'
+  )
+
+
+def totals(summaries: list[dict]) -> dict:
+  """Over the runs: mean, standard deviation (0 for one run) and min of the final accuracy (%),
+  the lowest accuracy of any run's last 3 epochs (%, the margin), how many reached the target at
+  some epoch, and how many kept every one of their last 3 epochs at or above it ('steady')."""
+  finals = [100 * s['final_test_accuracy'] for s in summaries]
+  return {
+    'runs': len(summaries),
+    'mean_final': statistics.mean(finals),
+    'std_final': statistics.stdev(finals) if len(finals) > 1 else 0.0,
+    'min_final': min(finals),
+    'lowest_last3': min(100 * s['min_last3_test_accuracy'] for s in summaries),
+    'reached': sum(s['first_epoch_at_target'] is not None for s in summaries),
+    'steady': sum(s['min_last3_test_accuracy'] >= s['target_accuracy'] for s in summaries),
+  }
+
+
+def footer(summaries: list[dict]) -> str:
+  """The line under a seed table: `totals` in words."""
+  t = totals(summaries)
+  return (
+    f'mean final {t["mean_final"]:.2f} % (std {t["std_final"]:.2f}), min final '
+    f'{t["min_final"]:.2f} %, lowest of any last 3 epochs {t["lowest_last3"]:.2f} %; seeds '
+    f'reaching {TARGET}: {t["reached"]}/{t["runs"]}; seeds with the last 3 epochs all ≥ {TARGET}: '
+    f'{t["steady"]}/{t["runs"]}'
+  )
+
+
+TIMING_HEADER = (
+  f'| params | final % per seed | mean final % | last 3 all ≥ {TARGET} | first epoch ≥ {TARGET} '
+  f'| train s to {TARGET} (seed 0) | s per epoch | train img/s | train s, all epochs | compile s '
+  '| device |\n'
+  '| ---: | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |'
+)
+
+
+def timing_row(summaries: list[dict], seed0_history: list[dict]) -> str:
+  """Accuracy over every run; the timings of the first (seed 0, which trained alone): its
+  training seconds to the target, and the median seconds and images/s of its epochs after the
+  first (the first holds one-off costs)."""
+  s0, t = summaries[0], totals(summaries)
+  finals = ' / '.join(f'{100 * s["final_test_accuracy"]:.2f}' for s in summaries)
+  first = ' / '.join(
+    '—' if s['first_epoch_at_target'] is None else str(s['first_epoch_at_target'])
+    for s in summaries
+  )
+  later = seed0_history[1:] or seed0_history
+  epoch_s = statistics.median(r['train_seconds'] for r in later)
+  images_s = statistics.median(r['images_per_second'] for r in later)
+  to_target = s0['train_seconds_to_target']
+  return (
+    f'| {s0["params"]:,} | {finals} | {t["mean_final"]:.2f} | {t["steady"]}/{t["runs"]} '
+    f'| {first} | {"—" if to_target is None else f"{to_target:.2f}"} | {epoch_s:.2f} '
+    f'| {images_s:,.0f} | {s0["train_seconds"]:.2f} | {s0["compile_seconds"]:.1f} '
+    f'| {s0["device_kind"]} |'
+  )

@@ -10,7 +10,7 @@ matplotlib.use('Agg')  # Files only; never needs a display.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from metrics import TARGET_ACCURACY, write_atomically  # noqa: E402
+from metrics import TARGET, TARGET_ACCURACY, write_atomically  # noqa: E402
 
 
 def _save(fig, path: str) -> None:
@@ -38,9 +38,7 @@ def plot_curves(history: list[dict], path: str) -> None:
   )
   if ema:  # config.ema_decay > 0: the trained weights' accuracy beside the average's.
     ax_acc.plot(epochs, [100 * r['test_accuracy_raw'] for r in history], '^:', label='test (raw)')
-  ax_acc.axhline(
-    100 * TARGET_ACCURACY, color='gray', ls='--', lw=1, label=f'{100 * TARGET_ACCURACY:g} %'
-  )
+  ax_acc.axhline(100 * TARGET_ACCURACY, color='gray', ls='--', lw=1, label=TARGET)
   ax_acc.set(xlabel='epoch', ylabel='accuracy (%)', title='accuracy', ylim=(97, 100))
   for ax in (ax_loss, ax_acc):
     ax.grid(alpha=0.3)

@@ -32,7 +32,6 @@ from absl import app, flags
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
-sys.path[:0] = [REPO, BENCH]  # The trainer's modules and torch_cnn.py.
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('data_dir', os.path.join(REPO, '..', 'shared', 'mnist'), 'MNIST IDX folder.')

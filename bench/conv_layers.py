@@ -28,7 +28,6 @@ import time
 from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('arch', 'default', 'nets.cnn.ARCHITECTURES key.')

@@ -19,27 +19,23 @@ import json
 import os
 import re
 import shutil
-import sys
 from collections.abc import Callable, Sequence
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Circle
+
+import backprop_check as bc
+import metrics
+import plots
+from configs import gap
+from nets import cnn, toy
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # `python docs/make_docs.py` puts docs/, not the repo, on sys.path.
-  sys.path.insert(0, REPO)
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Circle  # noqa: E402
-
-import backprop_check as bc  # noqa: E402
-import metrics  # noqa: E402
-import plots  # noqa: E402
-from configs import gap  # noqa: E402
-from nets import cnn, toy  # noqa: E402
-from scripts import seeds  # noqa: E402
 
 DOCS_DIR = os.path.join(REPO, 'docs')
 COMMITTED_RUNS = os.path.join('runs', 'gap')  # Under the docs dir.
@@ -671,9 +667,9 @@ def block_seeds(runs: dict[int, dict]) -> str:
     return 'No finished runs yet.\n'
   summaries = [r['summary'] for r in runs.values()]
   return (
-    '\n'.join([seeds.HEADER, *map(seeds.row, summaries)])
+    '\n'.join([metrics.HEADER, *map(metrics.row, summaries)])
     + f'\n\n{len(summaries)} finished run(s), seeds {", ".join(map(str, runs))}: '
-    f'{seeds.footer(summaries)}.\n'
+    f'{metrics.footer(summaries)}.\n'
   )
 
 

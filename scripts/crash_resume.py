@@ -2,7 +2,7 @@
 
   python scripts/crash_resume.py --kills=10 --root=/tmp/crash_resume
 
-1. Writes a small IDX folder (the first real MNIST images; tests/testutil.write_idx_dir).
+1. Writes a small IDX folder: the first `--num_train`/`--num_test` images of `--data_dir`.
 2. Runs `train.py` once without interruption (the reference), timing each phase through the
    opt-in markers of train.phase_marker (S6JAX_PHASE_MARKERS=1).
 3. Runs it again in a fresh workdir and SIGKILLs it at `--kills` moments in increasing order
@@ -195,7 +195,6 @@ def final_digests(workdir: str, epochs: int) -> tuple[int, dict[str, str]]:
   """(epoch, sha256 of every leaf) of the newest checkpoint, restored and verified."""
   import jax  # Lazy: only the comparison needs JAX in this process.
 
-  sys.path.insert(0, REPO)
   import checkpointing
   import train
   from configs import mnist
@@ -229,22 +228,18 @@ def compare(reference: str, resumed: str, epochs: int) -> list[str]:
 
 def crash_resume(
   root: str,
+  data_dir: str,
   kills: int = 10,
   epochs: int = 3,
   seed: int = 0,
   moments: list[str] | None = None,
-  num_train: int = 1024,
-  num_test: int = 1000,
   timeout: float = 600,
   compile_cache: bool = True,
   say=print,
 ) -> dict:
-  """Runs the whole experiment under `root`; returns {'ok', 'kills', 'problems'}."""
-  sys.path.insert(0, REPO)
-  from tests import testutil
-
+  """Runs the whole experiment under `root` (emptied first) on the IDX folder `data_dir`;
+  returns {'ok', 'kills', 'problems'}."""
   shutil.rmtree(root, ignore_errors=True)
-  data_dir = testutil.write_idx_dir(os.path.join(root, 'data'), num_train, num_test)
   env = child_env(os.path.join(root, 'jax_cache') if compile_cache else None)
   rng = random.Random(seed)
 
@@ -331,6 +326,7 @@ def _define_flags():
   flags.DEFINE_integer('seed', 0, 'Seeds the choice of kill moments.')
   flags.DEFINE_string('root', '/tmp/crash_resume', 'Emptied, then filled.')
   flags.DEFINE_string('moments', '', "Comma-separated, e.g. 'train of epoch 1,save of epoch 1'.")
+  flags.DEFINE_string('data_dir', '../shared/mnist', 'MNIST IDX folder the small set is cut from.')
   flags.DEFINE_integer('num_train', 1024, 'Training images.', lower_bound=1)
   flags.DEFINE_integer('num_test', 1000, 'Test images.', lower_bound=1)
   flags.DEFINE_boolean('no_compile_cache', False, 'Compile afresh in every restart.')
@@ -341,15 +337,19 @@ def main(argv: list[str]) -> int:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS['verbosity'].present:  # Library INFO logs (JAX, orbax) only on --verbosity=0.
     logging.set_verbosity(logging.WARNING)
+  import input_pipeline
+
   moments = [m.strip() for m in FLAGS.moments.split(',') if m.strip()] or None
+  data = input_pipeline.get_datasets(FLAGS.data_dir)
+  small = input_pipeline.first(data, train=FLAGS.num_train, test=FLAGS.num_test)
+  data_dir = input_pipeline.write_idx_dir(os.path.join(FLAGS.root + '_data'), small)
   result = crash_resume(
     FLAGS.root,
+    data_dir,
     FLAGS.kills,
     FLAGS.epochs,
     FLAGS.seed,
     moments,
-    num_train=FLAGS.num_train,
-    num_test=FLAGS.num_test,
     compile_cache=not FLAGS.no_compile_cache,
   )
   return 0 if result['ok'] else 1

@@ -15,91 +15,16 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
 from absl import app, flags
 
+from metrics import HEADER, TIMING_HEADER, footer, read_history, row, timing_row, write_text
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
-HEADER = (
-  '| seed | params | best % | final % | mean of last 3 % | min of last 3 % '
-  '| first epoch ≥ 99.4 % | epochs | train s | compile s | hardware |\n'
-  '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |'
-)
-
-
-def row(s: dict) -> str:
-  first = s['first_epoch_at_target'] if s['first_epoch_at_target'] is not None else '—'
-  hardware = f'{s["device_count"]}× {s["device_kind"]}'
-  return (
-    f'| {s["seed"]} | {s["params"]:,} | {100 * s["best_test_accuracy"]:.2f} '
-    f'| {100 * s["final_test_accuracy"]:.2f} | {100 * s["mean_last3_test_accuracy"]:.2f} '
-    f'| {100 * s["min_last3_test_accuracy"]:.2f} | {first} | {s["epochs"]} '
-    f'| {s["train_seconds"]:.0f} | {s["compile_seconds"]:.0f} '
-    f'| {hardware} |'
-  )
-
-
-def totals(summaries: list[dict]) -> dict:
-  """Over the runs: mean and min final accuracy (%), how many reached the target at some epoch,
-  and how many kept every one of their last 3 epochs at or above it ('steady')."""
-  finals = [100 * s['final_test_accuracy'] for s in summaries]
-  return {
-    'runs': len(summaries),
-    'mean_final': statistics.mean(finals),
-    'min_final': min(finals),
-    'reached': sum(s['first_epoch_at_target'] is not None for s in summaries),
-    'steady': sum(s['min_last3_test_accuracy'] >= s['target_accuracy'] for s in summaries),
-  }
-
-
-def footer(summaries: list[dict]) -> str:
-  """The line under a seed table: `totals` in words."""
-  t = totals(summaries)
-  return (
-    f'mean final {t["mean_final"]:.2f} %, min final {t["min_final"]:.2f} %; seeds reaching '
-    f'99.4 %: {t["reached"]}/{t["runs"]}; seeds with the last 3 epochs all ≥ 99.4 %: '
-    f'{t["steady"]}/{t["runs"]}'
-  )
-
-
-TIMING_HEADER = (
-  '| params | final % per seed | mean final % | last 3 all ≥ 99.4 % | first epoch ≥ 99.4 % '
-  '| train s to 99.4 % (seed 0) | s per epoch | train img/s | train s, all epochs | compile s '
-  '| device |\n'
-  '| ---: | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |'
-)
-
-
-def timing_row(summaries: list[dict], seed0_history: list[dict]) -> str:
-  """Accuracy over every run; the timings of the first (seed 0, which trained alone): its
-  training seconds to 99.4 %, and the median seconds and images/s of its epochs after the
-  first (the first holds one-off costs)."""
-  s0, t = summaries[0], totals(summaries)
-  finals = ' / '.join(f'{100 * s["final_test_accuracy"]:.2f}' for s in summaries)
-  first = ' / '.join(
-    '—' if s['first_epoch_at_target'] is None else str(s['first_epoch_at_target'])
-    for s in summaries
-  )
-  later = seed0_history[1:] or seed0_history
-  epoch_s = statistics.median(r['train_seconds'] for r in later)
-  images_s = statistics.median(r['images_per_second'] for r in later)
-  to_target = s0['train_seconds_to_target']
-  return (
-    f'| {s0["params"]:,} | {finals} | {t["mean_final"]:.2f} | {t["steady"]}/{t["runs"]} '
-    f'| {first} | {"—" if to_target is None else f"{to_target:.2f}"} | {epoch_s:.2f} '
-    f'| {images_s:,.0f} | {s0["train_seconds"]:.2f} | {s0["compile_seconds"]:.1f} '
-    f'| {s0["device_kind"]} |'
-  )
-
-
-def read_history(workdir: str) -> list[dict]:
-  """A run's metrics.jsonl, one dict per epoch."""
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def _define_flags():
@@ -162,11 +87,11 @@ def main(argv: list[str]) -> int:
     print(f'{row(summary)}  ({time.time() - t0:.0f} s wall)', flush=True)
   table = '\n'.join([HEADER, *map(row, summaries)]) + f'\n\n{footer(summaries)}\n'
   if FLAGS.timings:
-    history = read_history(os.path.join(FLAGS.root, f'seed{seeds[0]}'))
+    history = read_history(os.path.join(FLAGS.root, f'seed{seeds[0]}', 'metrics.jsonl'))
     table += f'\n{TIMING_HEADER}\n{timing_row(summaries, history)}\n'
   os.makedirs(FLAGS.root, exist_ok=True)
-  with open(os.path.join(FLAGS.root, 'table.md'), 'w') as f:
-    f.write(f'`{" ".join(["python", "scripts/seeds.py", *sys.argv[1:]])}`\n\n{table}')
+  command = ' '.join(['python', 'scripts/seeds.py', *sys.argv[1:]])
+  write_text(os.path.join(FLAGS.root, 'table.md'), f'`{command}`\n\n{table}')
   print(table)
   return 0
 

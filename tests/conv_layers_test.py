@@ -3,18 +3,12 @@
 Needs no PyTorch (the module imports it only in main).
 """
 
-import os
-import sys
-
 import jax
 import numpy as np
 from absl.testing import absltest, parameterized
 
+from bench import conv_layers
 from nets import cnn
-from tests import testutil
-
-sys.path.insert(0, os.path.join(testutil.REPO_ROOT, 'bench'))
-import conv_layers  # noqa: E402
 
 
 class ConvLayersTest(parameterized.TestCase):

@@ -140,7 +140,7 @@ class CommandsTest(absltest.TestCase):
     argv = shlex.split(command)
     self.assertEqual(argv[0], 'python', command)
     script = argv[1]
-    argv = [a.replace('workdirs/mnist', f'{tmp}/runs') for a in argv]
+    argv = [a.replace('workdirs/gap', f'{tmp}/runs') for a in argv]
     if script == 'docs/make_docs.py':
       return [*argv, f'--docs_dir={tmp}/docs']
     if script == 'backprop_check.py':
@@ -189,7 +189,7 @@ class CommandsTest(absltest.TestCase):
     self.assertEqual(_read('backprop.md'), _read('backprop.md', f'{tmp}/docs'))
     tiny = md.read_blocks(_read('model.md', f'{tmp}/docs'))
     self.assertIn('| 0 | 17,946 |', tiny['model-seeds'])
-    self.assertTrue(os.path.exists(f'{tmp}/docs/runs/mnist/seed0/misclassified.png'))
+    self.assertTrue(os.path.exists(f'{tmp}/docs/runs/gap/seed0/misclassified.png'))
 
 
 if __name__ == '__main__':

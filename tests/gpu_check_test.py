@@ -12,7 +12,7 @@ import tarfile
 
 from absl.testing import absltest
 
-from scripts import seeds
+import metrics
 from tests import testutil
 
 SCRIPT = os.path.join(testutil.REPO_ROOT, 'scripts', 'gpu_check.sh')
@@ -61,14 +61,14 @@ class GpuCheckDryRunTest(absltest.TestCase):
     self.assertIn('| 0 | 7,442 |', table)
     self.assertIn('| 1 | 7,442 |', table)
     self.assertIn('seeds reaching 99.4 %', table)
-    self.assertIn(seeds.TIMING_HEADER, table)
-    self.assertIn('| 7,442 | ', table.split(seeds.TIMING_HEADER)[1])
+    self.assertIn(metrics.TIMING_HEADER, table)
+    self.assertIn('| 7,442 | ', table.split(metrics.TIMING_HEADER)[1])
     with open(f'{tmp}/out/xla_sets.md') as f:
       sections = f.read().split('\n## ')[1:]
     self.assertLen(sections, 3)
     for section, name in zip(sections[:2], ('base', 'fastmath'), strict=True):
       self.assertTrue(section.startswith(f'{name}: XLA_FLAGS='), section)
-      self.assertIn(seeds.TIMING_HEADER, section)
+      self.assertIn(metrics.TIMING_HEADER, section)
       self.assertIn('| 7,442 | ', section)  # The run's timing row.
     self.assertIn('--xla_cpu_enable_fast_math=true', sections[1])
     self.assertTrue(sections[2].startswith('bogus: XLA_FLAGS=--xla_no_such_flag=1 FAILED'))

@@ -8,9 +8,9 @@ import re
 
 from absl.testing import absltest
 
+import metrics
 from configs import mnist
 from nets import cnn
-from scripts import seeds
 from tests import testutil
 
 RUNS = os.path.join(testutil.REPO_ROOT, 'docs', 'runs')
@@ -27,7 +27,9 @@ def gpu_row(run_dir: str) -> str:
   for path in sorted(glob.glob(os.path.join(run_dir, 'seed*', 'summary.json'))):
     with open(path) as f:
       summaries.append(json.load(f))
-  return seeds.timing_row(summaries, seeds.read_history(os.path.join(run_dir, 'seed0')))
+  return metrics.timing_row(
+    summaries, metrics.read_history(os.path.join(run_dir, 'seed0', 'metrics.jsonl'))
+  )
 
 
 def _readme() -> str:
@@ -58,7 +60,7 @@ class ReadmeTest(absltest.TestCase):
     self.assertGreaterEqual(len(paths), 10)
     for path in paths:
       with open(path) as f:
-        row = seeds.row(json.load(f))
+        row = metrics.row(json.load(f))
       self.assertIn(row, _readme(), f'README lacks the row of {os.path.relpath(path, RUNS)}')
 
   def test_config_summary_rows_agree_with_the_committed_runs(self):
@@ -68,7 +70,7 @@ class ReadmeTest(absltest.TestCase):
       for path in sorted(glob.glob(os.path.join(run_dir, 'seed*', 'summary.json'))):
         with open(path) as f:
           summaries.append(json.load(f))
-      t = seeds.totals(summaries)
+      t = metrics.totals(summaries)
       line = re.search(rf'(?m)^\| `configs/{name}\.py`.*$', _readme())
       self.assertIsNotNone(line, f'no summary row for configs/{name}.py')
       cells = [c.strip() for c in line.group(0).strip('|').split('|')]
@@ -79,7 +81,7 @@ class ReadmeTest(absltest.TestCase):
       self.assertEqual(cells[5], f'{t["mean_final"]:.2f}', name)
       self.assertEqual(cells[6], f'{t["min_final"]:.2f}', name)
       self.assertIn(f'(lowest {t["lowest_last3"]:.2f} %)', cells[4], name)
-      self.assertIn(seeds.footer(summaries), _readme(), f'README lacks the footer of {name}')
+      self.assertIn(metrics.footer(summaries), _readme(), f'README lacks the footer of {name}')
 
   def test_committed_runs_are_runs_of_their_config(self):
     """docs/runs/NAME holds runs of configs/NAME.py as it is now, field for field."""

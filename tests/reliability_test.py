@@ -8,7 +8,6 @@ in train_test.py.
 
 import concurrent.futures
 import fcntl
-import importlib.util
 import json
 import os
 import shutil
@@ -25,16 +24,8 @@ import checkpointing
 import errors
 import train
 from configs import mnist
+from scripts import crash_resume
 from tests import checkpointing_test, testutil
-
-
-def _load_crash_resume():
-  path = os.path.join(testutil.REPO_ROOT, 'scripts', 'crash_resume.py')
-  spec = importlib.util.spec_from_file_location('crash_resume', path)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up while it loads.
-  spec.loader.exec_module(module)
-  return module
 
 
 def _read_metrics(workdir):
@@ -48,14 +39,13 @@ def _read_metrics(workdir):
 class CrashResumeTest(absltest.TestCase):
   def test_sigkill_in_a_step_and_in_a_checkpoint_write_then_resume_is_bit_identical(self):
     """A reduced scripts/crash_resume.py (its full run: 10 kills, see its docstring)."""
-    crash_resume = _load_crash_resume()
     lines = []
+    data_dir = testutil.write_idx_dir(self.create_tempdir().full_path, 256, 400)
     result = crash_resume.crash_resume(
       self.create_tempdir().full_path,
+      data_dir,
       epochs=1,
       moments=['train of epoch 1', 'save of epoch 1'],
-      num_train=256,
-      num_test=400,
       say=lines.append,
     )
     print('\n'.join(lines))

@@ -9,7 +9,7 @@ import sys
 
 from absl.testing import absltest
 
-from scripts import seeds
+import metrics
 from tests import testutil
 
 SCRIPT = os.path.join(testutil.REPO_ROOT, 'scripts', 'seeds.py')
@@ -55,10 +55,10 @@ class TableOnlyTest(absltest.TestCase):
       for line in proc.stdout.splitlines()
       if line.startswith('| 3 ') or line.startswith('| 0 ')
     ]
-    self.assertEqual(rows, [seeds.row(s) for s in summaries])
-    self.assertIn(seeds.footer(summaries), proc.stdout)
+    self.assertEqual(rows, [metrics.row(s) for s in summaries])
+    self.assertIn(metrics.footer(summaries), proc.stdout)
     with open(os.path.join(root, 'table.md')) as f:
-      self.assertIn(seeds.row(summaries[0]), f.read())
+      self.assertIn(metrics.row(summaries[0]), f.read())
 
   def test_timings_row_holds_seed0_timings_and_every_seeds_accuracy(self):
     root = self.create_tempdir().full_path
@@ -68,7 +68,7 @@ class TableOnlyTest(absltest.TestCase):
       )
     proc = _run('--table_only', '--timings', '--seeds=0,1', f'--root={root}')
     self.assertEqual(proc.returncode, 0, proc.stderr)
-    self.assertIn(seeds.TIMING_HEADER, proc.stdout)
+    self.assertIn(metrics.TIMING_HEADER, proc.stdout)
     s0, s1 = (_summary(root, seed) for seed in (0, 1))
     with open(os.path.join(root, 'seed0', 'metrics.jsonl')) as f:
       later_epochs = [json.loads(line) for line in f][1:]

@@ -34,25 +34,19 @@ def require_real_mnist(test: absltest.TestCase) -> None:
 
 def write_idx_dir(folder: str, num_train: int, num_test: int, gz: bool = True) -> str:
   """Writes a small IDX folder: the first examples of real MNIST, or random digits if absent."""
-  os.makedirs(folder, exist_ok=True)
   if real_mnist_available():
-    data = input_pipeline.get_datasets(MNIST_DIR)
-    splits = {
-      'train': (data['train'].images[:num_train], data['train'].labels[:num_train]),
-      'test': (data['test'].images[:num_test], data['test'].labels[:num_test]),
-    }
+    splits = input_pipeline.first(
+      input_pipeline.get_datasets(MNIST_DIR), train=num_train, test=num_test
+    )
   else:
     rng = np.random.default_rng(0)
     splits = {
-      s: (rng.integers(0, 256, (n, 28, 28), np.uint8), rng.integers(0, 10, n, np.uint8))
+      s: input_pipeline.Split(
+        rng.integers(0, 256, (n, 28, 28), np.uint8), rng.integers(0, 10, n).astype(np.int32)
+      )
       for s, n in (('train', num_train), ('test', num_test))
     }
-  suffix = '.gz' if gz else ''
-  for split, (images, labels) in splits.items():
-    images_stem, labels_stem = input_pipeline.IDX_FILES[split]
-    input_pipeline.write_idx(os.path.join(folder, images_stem + suffix), images)
-    input_pipeline.write_idx(os.path.join(folder, labels_stem + suffix), labels)
-  return folder
+  return input_pipeline.write_idx_dir(folder, splits, gz)
 
 
 def tiny_config(data_dir: str, **overrides):

@@ -3,18 +3,13 @@
 Runs only where PyTorch is installed (the optional `bench` extra); skipped elsewhere.
 """
 
-import os
-import sys
-
 import pytest
 from absl.testing import absltest
 
 from nets import cnn
-from tests import testutil
 
 torch = pytest.importorskip('torch')
-sys.path.insert(0, os.path.join(testutil.REPO_ROOT, 'bench'))
-import torch_cnn  # noqa: E402
+from bench import torch_cnn  # noqa: E402 (after the skip, so no torch means no import)
 
 
 class TorchTwinTest(absltest.TestCase):
