@@ -10,7 +10,7 @@ ARGS ?=
 SHARED_MNIST := ../shared/mnist
 DATA_ARG := $(if $(wildcard $(SHARED_MNIST)/train-images-idx3-ubyte.gz),--config.data_dir=$(SHARED_MNIST))
 
-.PHONY: install install-test train test lint
+.PHONY: install install-test train test quick lint
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV) || { echo "error: 'python3 -m venv' failed: install Python >= 3.10 with venv (Debian/Ubuntu: apt-get install python3-venv)"; exit 1; }
@@ -26,6 +26,10 @@ train: install
 
 test: install-test
 	$(PYTHON) -m pytest $(ARGS)
+
+# The unit tier, for the edit-run loop: no training, no subprocesses (tests/conftest.py).
+quick: install-test
+	$(PYTHON) -m pytest -m 'not slow' -q $(ARGS)
 
 lint:
 	$(PYTHON) -m ruff format --check . && $(PYTHON) -m ruff check .

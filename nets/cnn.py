@@ -10,7 +10,7 @@ parameter count and its receptive-field table all come from one description.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -125,7 +125,6 @@ class CNN(nn.Module):
   layers: Sequence[Layer]
   dropout_rate: float = 0.0
   bn_momentum: float = 0.9
-  pool: Callable[[jax.Array, int], jax.Array] = max_pool  # The benchmark swaps in nn.max_pool.
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -137,7 +136,7 @@ class CNN(nn.Module):
         x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x)
         x = nn.relu(x)
       elif layer.kind == 'pool':
-        x = self.pool(x, layer.kernel)
+        x = max_pool(x, layer.kernel)
       elif layer.kind == 'gap':
         x = jnp.mean(x, axis=(1, 2))
       elif layer.kind == 'flatten':

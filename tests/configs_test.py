@@ -10,7 +10,7 @@ from absl.testing import absltest, parameterized
 import preflight
 import train
 from nets import cnn
-from tests import testutil
+from tests import cnn_test, testutil
 
 CONFIG_DIR = os.path.join(testutil.REPO_ROOT, 'configs')
 
@@ -25,16 +25,23 @@ def _configs():
   return [(os.path.basename(p), p) for p in paths if not p.endswith('__init__.py')]
 
 
+def _load(path):
+  spec = importlib.util.spec_from_file_location('config_under_test', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)  # As --config=PATH loads it.
+  return module.get_config()
+
+
 class ConfigsTest(parameterized.TestCase):
+  def test_the_quick_tier_covers_every_net_a_config_trains(self):
+    self.assertEqual({_load(p).arch for _, p in _configs()}, set(cnn_test.CONFIG_NETS))
+
   def test_the_issue_configs_exist(self):
     self.assertContainsSubset({'mnist.py', 'tiny.py', 'gap.py'}, {n for n, _ in _configs()})
 
   @parameterized.named_parameters(_configs())
   def test_loads_validates_and_keeps_its_budget(self, path):
-    spec = importlib.util.spec_from_file_location('config_under_test', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # As --config=PATH loads it.
-    config = module.get_config()
+    config = _load(path)
     preflight.validate_config(config)  # Raises ConfigError on any out-of-range field.
     params = cnn.param_count(cnn.build(config.arch, config.dropout_rate))
     name = os.path.basename(path)

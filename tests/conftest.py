@@ -1,5 +1,37 @@
-"""pytest glue: absltest helpers (create_tempdir, ...) read absl flags, so mark them parsed."""
+"""pytest glue: absl flags marked parsed, and the test tiers.
 
+absltest helpers (create_tempdir, ...) read absl flags, so they are marked parsed here. Test
+files that train, start subprocesses or regenerate the docs are marked `slow`: `make quick`
+(pytest -m 'not slow') runs the rest, the unit tier, in under a minute; `make test` and CI run
+everything.
+"""
+
+import os
+
+import pytest
 from absl import flags
 
 flags.FLAGS.mark_as_parsed()
+
+SLOW_FILES = {
+  'analysis_test.py',
+  'conv_layers_test.py',
+  'docs_test.py',
+  'gpu_check_test.py',
+  'reliability_test.py',
+  'seeds_test.py',
+  'torch_cnn_test.py',
+  'train_test.py',
+}
+# Classes in otherwise quick files that start subprocesses, LibreOffice or a download server,
+# or compile every probe net.
+SLOW_CLASSES = {
+  'ScriptTest', 'LibreOfficeTest', 'CheckWorkbookCommandTest', 'DownloadTest', 'ProbeNetsTest'
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    in_slow_class = getattr(item.cls, '__name__', None) in SLOW_CLASSES
+    if os.path.basename(str(item.fspath)) in SLOW_FILES or in_slow_class:
+      item.add_marker(pytest.mark.slow)
