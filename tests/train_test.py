@@ -157,6 +157,21 @@ class ConfigValidationTest(parameterized.TestCase):
       with self.assertRaisesRegex(errors.ConfigError, rf'config\.{field}='):
         train.train_and_evaluate(config, self.create_tempdir().full_path)
 
+  def test_data_that_cannot_train_is_refused_before_compiling(self):
+    folder = self.create_tempdir().full_path
+    cases = {
+      'the test set holds no images': (16, 0, {}),
+      'config.eval_batch_size=100 exceeds the 8 test images': (16, 8, {'eval_batch_size': 100}),
+      'config.batch_size=32 exceeds the 16 training examples': (16, 8, {'batch_size': 32}),
+    }
+    for message, (num_train, num_test, overrides) in cases.items():
+      with self.subTest(message):
+        data_dir = testutil.write_idx_dir(os.path.join(folder, message[:12]), num_train, num_test)
+        config = testutil.tiny_config(data_dir, **overrides)
+        with mock.patch.object(train, 'compile_programs', side_effect=AssertionError('compiled')):
+          with self.assertRaisesRegex(errors.ConfigError, message):
+            train.train_and_evaluate(config, self.create_tempdir().full_path)
+
   def test_unwritable_workdir(self):
     blocker = self.create_tempfile('a_file').full_path
     config = mnist.get_config()
