@@ -119,3 +119,40 @@ def plot_per_class(labels: np.ndarray, preds: np.ndarray, path: str) -> np.ndarr
   )
   _save(fig, path)
   return acc
+
+
+# Published small-CNN MNIST results: single runs, reported as the best test epoch (so chosen on
+# the test set), as listed in the project's frontier issue. (parameters, accuracy %, label)
+PUBLISHED_SINGLE_RUNS = (
+  (1_936, 99.10, 'separable convs'),
+  (4_862, 99.07, 'separable convs'),
+  (6_260, 99.54, '~6.2k'),
+  (7_070, 99.40, '> 99.4 %'),
+  (14_372, 99.57, ''),
+  (19_898, 99.54, ''),
+)
+
+
+def plot_frontier(configs: list[dict], path: str) -> None:
+  """Parameters (log scale) against final test accuracy: each config's mean over its seeds with
+  a min-max bar (`configs`: name, params, finals in %), beside the published single runs."""
+  fig, ax = plt.subplots(figsize=(8, 4.8))
+  for c in sorted(configs, key=lambda c: c['params']):
+    mean, low, high = np.mean(c['finals']), min(c['finals']), max(c['finals'])
+    ax.errorbar(
+      c['params'], mean, yerr=[[mean - low], [high - mean]], fmt='o', capsize=4,
+      label=f'{c["name"]} ({len(c["finals"])} seeds, final epoch)',
+    )  # fmt: skip
+  params, accs, _ = zip(*PUBLISHED_SINGLE_RUNS, strict=True)
+  ax.scatter(params, accs, marker='x', color='gray', label='published, one run, best epoch')
+  ax.axhline(100 * TARGET_ACCURACY, color='gray', ls='--', lw=1)
+  ax.set(
+    xscale='log',
+    xlabel='parameters',
+    ylabel='test accuracy (%)',
+    title='MNIST accuracy per parameter',
+    ylim=(99.0, 99.8),
+  )
+  ax.grid(alpha=0.3, which='both')
+  ax.legend(fontsize=8, loc='lower right')
+  _save(fig, path)

@@ -644,8 +644,13 @@ def import_runs(src_root: str, docs_dir: str) -> list[int]:
 
 def load_runs(docs_dir: str) -> dict[int, dict]:
   """seed -> {'summary': ..., 'history': [...], 'dir': ...} from the committed copies."""
+  return load_runs_from(os.path.join(docs_dir, COMMITTED_RUNS))
+
+
+def load_runs_from(root: str) -> dict[int, dict]:
+  """seed -> {'summary': ..., 'history': [...], 'dir': ...} of ROOT/seed<N>."""
   runs = {}
-  for seed, run_dir in finished_runs(os.path.join(docs_dir, COMMITTED_RUNS)).items():
+  for seed, run_dir in finished_runs(root).items():
     with open(os.path.join(run_dir, 'summary.json')) as f:
       summary = json.load(f)
     with open(os.path.join(run_dir, 'metrics.jsonl')) as f:
@@ -693,6 +698,19 @@ def block_run_figures(runs: dict[int, dict]) -> str:
   )
 
 
+def frontier_configs(docs_dir: str) -> list[dict]:
+  """Per committed config under docs_dir/runs: its name, parameters and every seed's final
+  test accuracy (%)."""
+  configs = []
+  for run_root in sorted(glob.glob(os.path.join(docs_dir, 'runs', '*'))):
+    summaries = [r['summary'] for r in load_runs_from(run_root).values()]
+    if summaries:
+      finals = [100 * s['final_test_accuracy'] for s in summaries]
+      name = os.path.basename(run_root)
+      configs.append({'name': name, 'params': summaries[0]['params'], 'finals': finals})
+  return configs
+
+
 def write_run_figures(runs: dict[int, dict], docs_dir: str) -> list[str]:
   """curves.png, redrawn from the committed metrics.jsonl of the figure seed.
 
@@ -706,7 +724,8 @@ def write_run_figures(runs: dict[int, dict], docs_dir: str) -> list[str]:
   fig_dir = os.path.join(docs_dir, FIGURES)
   os.makedirs(fig_dir, exist_ok=True)
   plots.plot_curves(runs[seed]['history'], os.path.join(fig_dir, 'curves.png'))
-  return ['curves.png']
+  plots.plot_frontier(frontier_configs(docs_dir), os.path.join(fig_dir, 'frontier.png'))
+  return ['curves.png', 'frontier.png']
 
 
 MODEL_BLOCKS: dict[str, Callable[[dict[int, dict]], str]] = {

@@ -21,6 +21,7 @@ import numpy as np
 from absl.testing import absltest
 
 import backprop_check as bc
+import plots
 from docs import make_docs as md
 from nets import toy
 from tests import testutil
@@ -90,12 +91,23 @@ class FiguresTest(absltest.TestCase):
         np.testing.assert_array_equal(line.get_ydata(), t.columns['E_total'])
     self.assertEqual([t.learning_rate for t in b.sweep], list(toy.COURSE_LEARNING_RATES))
 
+  def test_the_frontier_has_every_committed_config_and_its_seeds(self):
+    configs = {c['name']: c for c in md.frontier_configs(DOCS)}
+    self.assertEqual(set(configs), {os.path.basename(p) for p in glob.glob(f'{DOCS}/runs/*')})
+    for name, c in configs.items():
+      seeds = glob.glob(f'{DOCS}/runs/{name}/seed*/summary.json')
+      self.assertLen(c['finals'], len(seeds), name)
+    out = os.path.join(self.create_tempdir().full_path, 'frontier.png')
+    plots.plot_frontier(list(configs.values()), out)
+    with open(out, 'rb') as f:
+      self.assertEqual(f.read(8), b'\x89PNG\r\n\x1a\n')
+
   def test_figures_regenerate(self):
     out = self.create_tempdir().full_path
     written = [*md.write_backprop_figures(_backprop(), out)]
     written += md.write_run_figures(md.load_runs(DOCS), out)
     self.assertCountEqual(
-      written, ['network.png', 'loss_vs_epoch.png', 'large_lr.png', 'curves.png']
+      written, ['network.png', 'loss_vs_epoch.png', 'large_lr.png', 'curves.png', 'frontier.png']
     )
     for name in written:
       with open(os.path.join(out, md.FIGURES, name), 'rb') as f:
