@@ -240,6 +240,7 @@ def crash_resume(
   """Runs the whole experiment under `root` (emptied first) on the IDX folder `data_dir`;
   returns {'ok', 'kills', 'problems'}."""
   shutil.rmtree(root, ignore_errors=True)
+  os.makedirs(root)
   env = child_env(os.path.join(root, 'jax_cache') if compile_cache else None)
   rng = random.Random(seed)
 
