@@ -39,14 +39,22 @@ def assert_output_shapes(arch: str) -> None:
   chex.assert_shape(logits, (5, 10))
 
 
+def assert_initialised_count(arch: str) -> None:
+  """The initialised parameters number exactly what eval_shape counted."""
+  variables = cnn.init(cnn.build(arch), jax.random.key(0))
+  assert cnn.count_params(variables['params']) == EXPECTED_PARAMS[arch], arch
+
+
 class CnnTest(parameterized.TestCase):
   @parameterized.named_parameters((name, name) for name in EXPECTED_PARAMS)
   def test_param_count(self, arch):
     model = cnn.build(arch)
     self.assertEqual(cnn.param_count(model), EXPECTED_PARAMS[arch])
     self.assertLess(cnn.param_count(model), 20_000)
-    variables = cnn.init(model, jax.random.key(0))
-    self.assertEqual(cnn.count_params(variables['params']), EXPECTED_PARAMS[arch])
+
+  @parameterized.named_parameters((name, name) for name in CONFIG_NETS)
+  def test_initialised_params_are_the_counted_ones(self, arch):
+    assert_initialised_count(arch)
 
   def test_every_architecture_has_an_expected_count(self):
     self.assertEqual(set(cnn.ARCHITECTURES), set(EXPECTED_PARAMS))
@@ -111,6 +119,10 @@ class ProbeNetsTest(parameterized.TestCase):
   @parameterized.named_parameters((n, n) for n in EXPECTED_PARAMS if n not in CONFIG_NETS)
   def test_output_shapes(self, arch):
     assert_output_shapes(arch)
+
+  @parameterized.named_parameters((n, n) for n in EXPECTED_PARAMS if n not in CONFIG_NETS)
+  def test_initialised_params_are_the_counted_ones(self, arch):
+    assert_initialised_count(arch)
 
 
 if __name__ == '__main__':

@@ -24,9 +24,10 @@ SLOW_FILES = {
   'train_test.py',
 }
 # Classes in otherwise quick files that start subprocesses, LibreOffice or a download server,
-# or compile every probe net.
+# compile every probe net, or write real orbax checkpoints.
 SLOW_CLASSES = {
-  'ScriptTest', 'LibreOfficeTest', 'CheckWorkbookCommandTest', 'DownloadTest', 'ProbeNetsTest'
+  'ScriptTest', 'LibreOfficeTest', 'CheckWorkbookCommandTest', 'DownloadTest', 'ProbeNetsTest',
+  'CheckpointIntegrityTest',
 }  # fmt: skip
 
 
