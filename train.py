@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -548,9 +549,19 @@ def finish(workdir, config, state, programs, history, test, num_params) -> dict[
 # ----------------------------------------------------------------------------- CLI
 
 
+def exit_on_interrupt(signum, frame) -> None:
+  """Ctrl-C ends the run at once, as a kill would (every write is atomic, so a rerun resumes
+  from the last checkpoint). A KeyboardInterrupt raised inside compilation can be lost, and
+  the interpreter's teardown with XLA's threads still running can crash."""
+  del signum, frame
+  os.write(2, b'error: interrupted; rerun the same command to resume.\n')
+  os._exit(130)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  signal.signal(signal.SIGINT, exit_on_interrupt)
   if FLAGS.cpu_devices:  # Before anything starts a JAX backend.
     jax.config.update('jax_num_cpu_devices', FLAGS.cpu_devices)
   if FLAGS.coordinator_address:
@@ -562,9 +573,6 @@ def main(argv):
   except OSError as e:  # A full disk, a folder gone: every write is atomic, nothing is lost.
     where = f' ({e.filename})' if e.filename else ''
     sys.exit(f'error: {e.strerror or e}{where}; fix it and rerun to resume from the last epoch.')
-  except KeyboardInterrupt:
-    print('error: interrupted; rerun the same command to resume.', file=sys.stderr)
-    sys.exit(130)
 
 
 def define_flags() -> None:

@@ -224,8 +224,12 @@ class CommandLineTest(parameterized.TestCase):
     self.assertFalse(os.path.exists(f'{tmp}/run/checkpoints'))
 
 
-class InterruptTest(absltest.TestCase):
-  def test_ctrl_c_mid_epoch_is_one_line_then_the_rerun_resumes(self):
+class InterruptTest(parameterized.TestCase):
+  @parameterized.named_parameters(
+    ('mid_epoch', 'S6JAX_PHASE train 2', 'Resuming from the checkpoint of epoch 1'),
+    ('while_compiling', 'S6JAX_PHASE resumed 0', 'Compiled'),  # Compilation follows the marker.
+  )
+  def test_ctrl_c_is_one_line_then_the_rerun_resumes(self, marker, rerun_says):
     tmp = self.create_tempdir().full_path
     data_dir = testutil.write_idx_dir(os.path.join(tmp, 'data'), 64, 16)
     argv = [
@@ -237,21 +241,20 @@ class InterruptTest(absltest.TestCase):
     proc = subprocess.Popen(
       argv, cwd=testutil.REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True
     )
-    stderr = []
-    for line in proc.stderr:  # Epoch 1 is saved when epoch 2's training begins.
-      stderr.append(line)
-      if line.startswith('S6JAX_PHASE train 2'):
+    for line in proc.stderr:
+      if line.startswith(marker):
         proc.send_signal(signal.SIGINT)
         break
     _, rest = proc.communicate(timeout=120)
     self.assertEqual(proc.returncode, 130, rest[-2000:])
     self.assertNotIn('Traceback', rest)
+    self.assertNotIn('S6JAX_PHASE', rest)  # Nothing ran after the interrupt.
     self.assertEqual(
       rest.strip().splitlines()[-1], 'error: interrupted; rerun the same command to resume.'
     )
     done = subprocess.run(argv, cwd=testutil.REPO_ROOT, capture_output=True, text=True, timeout=300)
     self.assertEqual(done.returncode, 0, done.stderr[-2000:])
-    self.assertIn('Resuming from the checkpoint of epoch 1', done.stderr)
+    self.assertIn(rerun_says, done.stderr)
     self.assertEqual([r['epoch'] for r in _read_metrics(f'{tmp}/run')], [1, 2])
 
 
