@@ -44,13 +44,18 @@ def checkpoint_manager(workdir: str, keep: int, create: bool = True) -> ocp.Chec
   `create=False` (a reader such as analysis.py) it creates and removes nothing, so it can
   read a run that is still saving.
   """
+  return _manager(os.path.join(workdir, 'checkpoints'), keep, writable=create)
+
+
+def _manager(directory: Any, keep: int | None, writable: bool) -> ocp.CheckpointManager:
+  """A synchronous orbax manager; only a writable one creates the folder and cleans leftovers."""
   options = ocp.CheckpointManagerOptions(
     max_to_keep=keep,
-    create=create,
+    create=writable,
     enable_async_checkpointing=False,
-    cleanup_tmp_directories=create,
+    cleanup_tmp_directories=writable,
   )
-  return ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), options=options)
+  return ocp.CheckpointManager(directory, options=options)
 
 
 def leaf_digests(state: Any) -> dict[str, str]:
@@ -140,10 +145,7 @@ def _identity_problem(identity: Any, step: int, run: dict[str, Any] | None) -> s
 def _reader(directory: Any) -> ocp.CheckpointManager:
   """A manager that only reads: one per step restored, since a manager that met a broken step
   folder (empty, or without its item) refuses every later restore."""
-  options = ocp.CheckpointManagerOptions(
-    create=False, enable_async_checkpointing=False, cleanup_tmp_directories=False
-  )
-  return ocp.CheckpointManager(directory, options=options)
+  return _manager(directory, None, writable=False)
 
 
 def restore_latest(
