@@ -227,7 +227,9 @@ def download_mnist(url: str = MNIST_URL, download_dir: str = '') -> str:
 
   manager = tfds.download.DownloadManager(download_dir=download_dir)
   try:
-    paths = manager.download(urls)
+    # One file at a time: when a download fails, none is still running in the background to
+    # recreate a temp folder after the clean-up below.
+    paths = {stem: manager.download(u) for stem, u in urls.items()}
   except Exception as e:  # requests, TFDS's DownloadError, ...: all mean the same here.
     first_line = str(e).splitlines()[0][:200] if str(e) else ''
     raise DataError(

@@ -164,7 +164,7 @@ def cached_files(folder: str) -> list[str]:
   )
 
 
-class DownloadTest(absltest.TestCase):
+class DownloadTest(parameterized.TestCase):
   """download_mnist against a local server: small IDX files, with their own sums patched in."""
 
   def setUp(self):
@@ -232,8 +232,10 @@ class DownloadTest(absltest.TestCase):
     self.assertIn(url, str(cm.exception))
     self.assertEqual(cached_files(self.cache), [])
 
-  def test_missing_file_on_the_server(self):
-    os.remove(os.path.join(self.served, 't10k-images-idx3-ubyte.gz'))
+  @parameterized.parameters('t10k-images-idx3-ubyte', 'train-labels-idx1-ubyte')
+  def test_missing_file_on_the_server(self, stem):
+    # The first file asked for, and the last (after the other three downloaded).
+    os.remove(os.path.join(self.served, stem + '.gz'))
     with self.assertRaisesRegex(input_pipeline.DataError, 'downloading MNIST from'):
       input_pipeline.download_mnist(self.url, self.cache)
     self.assertFalse([f for f in cached_files(self.cache) if '.tmp.' in f])
