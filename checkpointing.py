@@ -92,7 +92,8 @@ def save_checkpoint(
   load as if they were this one's, and a whole step folder copied over another loads as that
   epoch (tests/checkpointing_test.py).
   """
-  identity = {'epoch': epoch, 'step': int(jax.device_get(state.step)), 'run': run}
+  step = state['state'].step if isinstance(state, dict) else state.step  # save_preempted's.
+  identity = {'epoch': epoch, 'step': int(jax.device_get(step)), 'run': run}
   metadata = {'leaf_sha256': leaf_digests(state), 'identity': identity, 'metrics_record': record}
   with quiet_orbax():
     saved = manager.save(epoch, args=ocp.args.StandardSave(state), custom_metadata=metadata)
@@ -149,14 +150,14 @@ def _reader(directory: Any) -> ocp.CheckpointManager:
 
 
 def restore_latest(
-  manager: ocp.CheckpointManager, target: Any, run: dict[str, Any] | None = None
+  manager: ocp.CheckpointManager, target: Any, run: dict[str, Any] | None = None, unit='epoch'
 ) -> tuple[Any, int]:
   """Restores the newest checkpoint that loads and passes its checks; (state, epoch).
 
   Returns (target, 0) when there is no checkpoint. A checkpoint that fails (damaged arrays or
   metadata, another epoch's checkpoint in its folder, saved by a run whose settings differ
   from `run`) is reported and skipped in favour of the one before it; CheckpointError if
-  every one fails.
+  every one fails. `unit`: what the manager's step numbers count, for the messages.
   """
   # As arrays, so that a Python-int `step` restores with the int32 dtype it was saved (and
   # checksummed) with.
@@ -180,9 +181,9 @@ def restore_latest(
       reader.close()
     if problem:
       logging.warning(
-        'Checkpoint of epoch %d is unusable: %s; trying the one before.', step, problem
+        'Checkpoint of %s %d is unusable: %s; trying the one before.', unit, step, problem
       )
-      problems.append(f'epoch {step}: {problem}')
+      problems.append(f'{unit} {step}: {problem}')
       continue
     # Orbax restores strongly typed arrays; give back the weak types of Python-scalar fields
     # (the step), so a resumed run calls the very program an uninterrupted one compiled.
@@ -192,9 +193,9 @@ def restore_latest(
       target,
     )
     if step != steps[0]:
-      logging.warning('Resuming from the checkpoint of epoch %d, the newest good one.', step)
+      logging.warning('Resuming from the checkpoint of %s %d, the newest good one.', unit, step)
     else:
-      logging.info('Resuming from the checkpoint of epoch %d.', step)
+      logging.info('Resuming from the checkpoint of %s %d.', unit, step)
     return restored, step
   if steps:
     raise CheckpointError(
@@ -226,3 +227,45 @@ def checkpoint_record(manager: ocp.CheckpointManager, epoch: int) -> dict[str, A
   """The metrics.jsonl record saved with the checkpoint of `epoch` (None if it has none)."""
   custom = manager.metadata(epoch).custom_metadata
   return custom.get('metrics_record') if isinstance(custom, dict) else None
+
+
+# ----------------------------------------------------------------------------- mid-epoch
+
+
+def preempted_manager(workdir: str) -> ocp.CheckpointManager:
+  """Orbax manager for workdir/preempted: the one checkpoint of a run stopped inside an epoch,
+  numbered by its global step (the epoch checkpoints stay in workdir/checkpoints)."""
+  return _manager(os.path.join(workdir, 'preempted'), 1, writable=True)
+
+
+def save_preempted(
+  manager: ocp.CheckpointManager, state: Any, sums: Any, epoch: int, done: int, run: dict
+) -> None:
+  """Saves a run stopped after `done` steps of `epoch`: its state and the epoch's running
+  sums, with the same checksums and identity as an epoch checkpoint."""
+  step = int(jax.device_get(state.step))
+  record = {'epoch': epoch, 'steps_done': done}
+  save_checkpoint(manager, step, {'state': state, 'sums': sums}, record, run)
+
+
+def restore_preempted(
+  manager: ocp.CheckpointManager, state: Any, sums: Any, epoch: int, run: dict
+) -> tuple[Any, tuple[int, Any]] | None:
+  """(state, (steps done, sums)) of a run stopped inside epoch `epoch`, if workdir/preempted
+  holds a good checkpoint of it; None otherwise (none, another epoch's, or damaged: the
+  epoch then restarts from its beginning)."""
+  with quiet_orbax():
+    manager.reload()
+    if not manager.all_steps():
+      return None
+  try:
+    restored, step = restore_latest(manager, {'state': state, 'sums': sums}, run, unit='step')
+  except CheckpointError as e:
+    logging.warning('Not resuming inside the epoch: %s', e)
+    return None
+  with quiet_orbax(logging.ERROR):
+    record = checkpoint_record(manager, step) or {}
+  if record.get('epoch') != epoch:
+    return None
+  logging.info('Resuming epoch %d after its step %d (stopped there).', epoch, record['steps_done'])
+  return restored['state'], (record['steps_done'], restored['sums'])

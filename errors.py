@@ -20,3 +20,7 @@ class CheckpointError(UserError):
 
 class NonFiniteError(UserError, FloatingPointError):
   """The loss or a gradient became NaN/Inf; the last good checkpoint is kept."""
+
+
+class Preempted(Exception):  # noqa: N818 (a request, not an error)
+  """SIGTERM stopped the run at a step boundary, after saving a checkpoint of that step."""

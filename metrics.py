@@ -84,10 +84,14 @@ def read_history(path: str) -> list[dict[str, Any]]:
 class MetricsLog:
   """Writes one JSON line per epoch to workdir/metrics.jsonl and the same to TensorBoard."""
 
-  def __init__(self, workdir: str, resume_epoch: int):
+  def __init__(self, workdir: str, resume_epoch: int, write: bool = True):
+    """`write=False` (every process of a job but the first) keeps the history in memory only."""
     self.path = os.path.join(workdir, 'metrics.jsonl')
     # Epochs after the restored checkpoint are re-run, so their old lines are dropped.
     self.history = [r for r in read_history(self.path) if r['epoch'] <= resume_epoch]
+    self.writer = None
+    if not write:
+      return
     write_text(self.path, ''.join(json.dumps(r) + '\n' for r in self.history))
     from tensorboardX import SummaryWriter  # Lazy: only the trainer needs it.
 
@@ -95,6 +99,8 @@ class MetricsLog:
 
   def write(self, record: dict[str, Any]) -> None:
     self.history.append(record)
+    if self.writer is None:
+      return
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
     for key, value in record.items():
@@ -103,7 +109,8 @@ class MetricsLog:
     self.writer.flush()
 
   def close(self):
-    self.writer.close()
+    if self.writer is not None:
+      self.writer.close()
 
 
 def first_at_target(

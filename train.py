@@ -35,9 +35,10 @@ from jax.sharding import PartitionSpec as P
 import checkpointing
 import input_pipeline
 import metrics
+import multihost
 import plots
 import preflight
-from errors import NonFiniteError, UserError
+from errors import NonFiniteError, Preempted, UserError
 from nets import cnn
 
 
@@ -283,6 +284,7 @@ class Programs:
   """The compiled calls of a run, built once by `compile_programs` (bench/bench.py times these)."""
 
   replicated: NamedSharding  # State and data set: a full copy on every device.
+  replicate: Callable  # tree -> the tree on `replicated`, from host or single-device values.
   chunk: int  # Train steps per call (the last call of an epoch may run fewer).
   train_calls: dict[int, Callable]  # steps K -> (state, sums, images, labels, idx[K, B], rng).
   make_batches: Callable  # rng -> [steps, batch] indices of one epoch.
@@ -306,6 +308,7 @@ def compile_programs(
   if config.steps_per_call:
     chunk = min(config.steps_per_call, steps_per_epoch)
   replicated, batch_sharding = data_shardings()
+  replicate = multihost.replicator(replicated)
   step_fn = functools.partial(
     train_step,
     max_degrees=config.max_degrees,
@@ -323,15 +326,19 @@ def compile_programs(
     donate_argnums=(0, 1),
   )
   t0 = time.perf_counter()
-  sums, rng = jax.device_put(zero_sums(), replicated), jax.random.key(0)
+  sums, rng = replicate(zero_sums()), jax.random.key(0)
   train_calls = {}
   for k in {chunk, steps_per_epoch % chunk} - {0}:
     idx = jax.ShapeDtypeStruct((k, config.batch_size), jnp.int32)
     lowered = multi_step.lower(state, sums, train_images, train_labels, idx, rng)
     train_calls[k] = lowered.compile()
-  make_batches = jax.jit(epoch_batches, static_argnums=(1, 2))
+  # Each device holds only its own columns of the [steps, batch] indices: its rows of every
+  # batch, gathered on device from the resident data set.
+  index_sharding = NamedSharding(replicated.mesh, P(None, 'data'))
+  make_batches = jax.jit(epoch_batches, static_argnums=(1, 2), out_shardings=index_sharding)
   return Programs(
     replicated=replicated,
+    replicate=replicate,
     chunk=chunk,
     train_calls=train_calls,
     make_batches=make_batches.lower(rng, num_train, config.batch_size).compile(),
@@ -348,21 +355,29 @@ def train_epoch(
   batches: jax.Array,
   rng: jax.Array,
   progress: Callable[[int], Any] = lambda k: None,
-) -> tuple[TrainState, dict[str, Any]]:
-  """Runs one epoch's `batches` through the compiled calls; (state, host-side sums).
+  *,
+  resume: tuple[int, dict[str, jax.Array]] | None = None,
+  stop: Callable[[int], bool] = lambda step: False,
+) -> tuple[TrainState, dict[str, jax.Array], int]:
+  """Runs one epoch's `batches` through the compiled calls: (state, device sums, steps done).
 
-  NonFiniteError if a step's loss or gradient was not finite (the state then holds the last
-  good step's weights, which the caller does not save)."""
-  sums = jax.device_put(zero_sums(), programs.replicated)
+  `resume` = (steps already done, their sums) continues an epoch stopped part-way. After each
+  call, `stop(global step)` may end the epoch early (a preemption); the caller sees fewer steps
+  done than `len(batches)`. NonFiniteError if a step's loss or gradient was not finite (the
+  state then holds the last good step's weights, which the caller does not save)."""
+  done, sums = resume or (0, programs.replicate(zero_sums()))
+  first_step = int(state.step) - done
   steps = len(batches)
-  for start in range(0, steps, programs.chunk):
-    k = min(programs.chunk, steps - start)
-    state, sums = programs.train_calls[k](state, sums, *data, batches[start : start + k], rng)
+  while done < steps:
+    k = min(programs.chunk, steps - done)
+    state, sums = programs.train_calls[k](state, sums, *data, batches[done : done + k], rng)
     progress(k)
-  sums = jax.device_get(sums)  # The only host sync of the epoch.
-  if sums['first_bad_step'] >= 0:
+    done += k
+    if done < steps and stop(first_step + done):
+      break
+  if jax.device_get(sums['first_bad_step']) >= 0:  # The only host sync of the epoch.
     raise NonFiniteError(f'Non-finite loss or gradient at step {int(sums["first_bad_step"])}')
-  return state, sums
+  return state, sums, done
 
 
 # Crash-test hook, off by default: with S6JAX_PHASE_MARKERS=1 the trainer writes one line
@@ -377,12 +392,25 @@ def phase_marker(phase: str, epoch: int) -> None:
     os.write(2, f'S6JAX_PHASE {phase} {epoch}\n'.encode())
 
 
+# Preemption-test hook, off by default: S6JAX_SIGTERM_AT_STEP=N makes the process send itself
+# SIGTERM when its training reaches global step N, as a cloud scheduler would.
+_SIGTERM_AT_STEP = int(os.environ.get('S6JAX_SIGTERM_AT_STEP', '-1'))
+
+
+def stop_requested(step: int) -> bool:
+  """Whether to stop at `step` (multihost.preempted), after the preemption-test hook."""
+  if step == _SIGTERM_AT_STEP:
+    os.kill(os.getpid(), signal.SIGTERM)
+  return multihost.preempted()
+
+
 # ----------------------------------------------------------------------------- the run
 
 
-def fit_epoch(config, programs, state, train_data, test, epoch, rngs, schedule):
+def fit_epoch(config, programs, state, train_data, test, epoch, rngs, schedule, resume=None):
   """Trains epoch `epoch` (a progress bar on a terminal) and scores it on the test set:
-  (new state, its metrics.jsonl record)."""
+  (new state, its metrics.jsonl record). `resume`: train_epoch's, for an epoch stopped
+  part-way. Preempted (after saving that step's checkpoint) if SIGTERM stops it part-way."""
   from tqdm import tqdm  # Lazy: only the interactive trainer needs it.
 
   phase_marker('train', epoch)
@@ -390,9 +418,17 @@ def fit_epoch(config, programs, state, train_data, test, epoch, rngs, schedule):
   steps = len(train_data[1]) // config.batch_size
   t0 = time.perf_counter()
   batches = programs.make_batches(jax.random.fold_in(perm_rng, epoch))
-  desc, disable = f'epoch {epoch}/{config.num_epochs}', not sys.stderr.isatty()
+  desc = f'epoch {epoch}/{config.num_epochs}'
+  disable = not sys.stderr.isatty() or not multihost.is_primary()
   with tqdm(total=steps, desc=desc, unit='step', leave=False, disable=disable) as bar:
-    state, sums = train_epoch(programs, state, train_data, batches, step_rng, bar.update)
+    bar.update(resume[0] if resume else 0)
+    state, sums, done = train_epoch(
+      programs, state, train_data, batches, step_rng, bar.update,
+      resume=resume, stop=stop_requested,
+    )  # fmt: skip
+  if done < steps:
+    raise Preempted(state, sums, epoch, done)
+  sums = jax.device_get(sums)
   seconds = time.perf_counter() - t0
   phase_marker('eval', epoch)
   score = functools.partial(
@@ -428,12 +464,17 @@ def run_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def restore(workdir: str, config, state: TrainState):
   """(manager, state, epoch, log): the newest good checkpoint of this run (or `state` at epoch
-  0), the unusable newer ones set aside, and the metrics log cut back to that epoch."""
+  0), the unusable newer ones set aside, and the metrics log cut back to that epoch. Every
+  process restores; they must agree on the epoch, and only process 0 moves or writes files."""
   with checkpointing.quiet_orbax():
     manager = checkpointing.checkpoint_manager(workdir, config.checkpoints_to_keep)
   state, epoch = checkpointing.restore_latest(manager, state, run_settings(config))
-  checkpointing.set_aside_newer_checkpoints(manager, epoch, workdir)
-  log = metrics.MetricsLog(workdir, epoch)
+  multihost.agree(epoch, 'the newest good checkpoint at epoch')
+  if multihost.is_primary():
+    checkpointing.set_aside_newer_checkpoints(manager, epoch, workdir)
+  multihost.sync('checkpoints set aside')
+  manager.reload()
+  log = metrics.MetricsLog(workdir, epoch, write=multihost.is_primary())
   # Lines missing after the log's last one (killed between a save and its line, or a damaged
   # tail dropped): each kept checkpoint carries its epoch's line.
   last = log.history[-1]['epoch'] if log.history else 0
@@ -454,35 +495,66 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     The summary dict also written to workdir/summary.json.
   """
   preflight.validate_config(config)
+  if not multihost.is_primary():  # Process 0 creates, checks and locks the workdir.
+    multihost.sync('workdir ready')
+    return _train_and_evaluate(config, os.path.abspath(workdir))
   workdir = preflight.prepare_workdir(workdir)
   with preflight.workdir_lock(workdir):
+    multihost.sync('workdir ready')
     return _train_and_evaluate(config, workdir)
+
+
+def restore_mid_epoch(workdir: str, config, state: TrainState, epoch: int):
+  """(manager of workdir/preempted, state, train_epoch's `resume` or None): where a run
+  stopped by SIGTERM inside `epoch` left off, if it did; every process must agree."""
+  with checkpointing.quiet_orbax():
+    preempted = checkpointing.preempted_manager(workdir)
+  sums = multihost.replicator(data_shardings()[0])(zero_sums())
+  found = checkpointing.restore_preempted(preempted, state, sums, epoch, run_settings(config))
+  multihost.agree(found[1][0] if found else 0, f'epoch {epoch} resumed at step')
+  return (preempted, *found) if found else (preempted, state, None)
+
+
+def end_epoch(config, managers, state: TrainState, record: dict[str, Any], log) -> None:
+  """Saves the epoch's checkpoint, then its metrics line (the order a resume relies on),
+  drops a mid-epoch checkpoint this one supersedes, and logs the line."""
+  manager, preempted = managers
+  epoch = record['epoch']
+  phase_marker('save', epoch)
+  checkpointing.save_checkpoint(manager, epoch, state, record, run_settings(config))
+  phase_marker('saved', epoch)
+  log.write(record)
+  for step in preempted.all_steps():
+    with checkpointing.quiet_orbax():
+      preempted.delete(step)
+  logging.info(
+    'epoch %2d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  lr %.4f  %.1f s (%.0f img/s)',
+    *(record[k] for k in ('epoch', 'train_loss', 'train_accuracy', 'test_loss')),
+    *(record[k] for k in ('test_accuracy', 'learning_rate', 'train_seconds')),
+    record['images_per_second'],
+  )
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """train_and_evaluate, once the config is checked and the workdir is this run's alone."""
   data = input_pipeline.get_datasets(config.data_dir, config.data_url, config.download_dir)
   preflight.validate_data(config, data)
-  metrics.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+  if multihost.is_primary():
+    metrics.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
   train, test = data['train'], data['test']
   steps_per_epoch = len(train.labels) // config.batch_size
   init_rng, perm_rng, step_rng = jax.random.split(jax.random.key(config.seed), 3)
   state = create_train_state(init_rng, config, steps_per_epoch)
-  model = cnn.build(config.arch, config.dropout_rate)
   num_params = cnn.count_params(state.params)
-  logging.info(
-    'Model %r, %s parameters:\n%s',
-    config.arch,
-    f'{num_params:,}',
-    cnn.format_summary(cnn.summary(model)),
-  )
+  model_summary = cnn.format_summary(cnn.summary(cnn.build(config.arch, config.dropout_rate)))
+  logging.info('Model %r, %s parameters:\n%s', config.arch, f'{num_params:,}', model_summary)
 
-  replicated, _ = data_shardings()
-  manager, state, start_epoch, log = restore(workdir, config, jax.device_put(state, replicated))
+  replicate = multihost.replicator(data_shardings()[0])
+  manager, state, start_epoch, log = restore(workdir, config, replicate(state))
   phase_marker('resumed', start_epoch)
-  state = jax.device_put(state, replicated)
-  train_data = jax.device_put((train.images, train.labels), replicated)
+  train_data = replicate((train.images, train.labels))
   programs = compile_programs(config, state, *train_data)
+  preempted, state, resume = restore_mid_epoch(workdir, config, state, start_epoch + 1)
   logging.info(
     'Compiled %s-step train calls in %.1f s (backend %s, %d device(s)).',
     sorted(programs.train_calls),
@@ -494,23 +566,25 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   for epoch in range(start_epoch + 1, config.num_epochs + 1):
     try:
       state, record = fit_epoch(
-        config, programs, state, train_data, test, epoch, (perm_rng, step_rng), schedule
+        config, programs, state, train_data, test, epoch, (perm_rng, step_rng), schedule, resume
       )
     except NonFiniteError as e:
       raise NonFiniteError(
         f'{e} (epoch {epoch}); training stopped. The last good checkpoint (epoch {epoch - 1}) '
         f'is kept in {manager.directory}.'
       ) from None
-    phase_marker('save', epoch)
-    checkpointing.save_checkpoint(manager, epoch, state, record, run_settings(config))
-    phase_marker('saved', epoch)
-    log.write(record)
-    logging.info(
-      'epoch %2d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  lr %.4f  %.1f s (%.0f img/s)',
-      *(record[k] for k in ('epoch', 'train_loss', 'train_accuracy', 'test_loss')),
-      *(record[k] for k in ('test_accuracy', 'learning_rate', 'train_seconds')),
-      record['images_per_second'],
-    )
+    except Preempted as stopped:
+      state, sums, epoch, done = stopped.args
+      checkpointing.save_preempted(preempted, state, sums, epoch, done, run_settings(config))
+      raise Preempted(
+        f'stopped by SIGTERM after step {done} of {steps_per_epoch} in epoch {epoch}, and saved '
+        f'there ({preempted.directory}); rerun the same command to resume from that step.'
+      ) from None
+    resume = None
+    end_epoch(config, (manager, preempted), state, record, log)
+    if epoch < config.num_epochs and stop_requested(record['step']):
+      raise Preempted(f'stopped by SIGTERM after epoch {epoch}, its checkpoint saved; rerun the '
+                      'same command to resume.')  # fmt: skip
   log.close()
   phase_marker('final', config.num_epochs)
   return finish(workdir, config, state, programs, log.history, test, num_params)
@@ -532,6 +606,8 @@ def finish(workdir, config, state, programs, history, test, num_params) -> dict[
     device_count=jax.device_count(),
     config=config.to_dict(),
   )
+  if not multihost.is_primary():
+    return summary
   metrics.write_json(os.path.join(workdir, 'summary.json'), summary)
   if config.plots:
     plots.plot_curves(history, os.path.join(workdir, 'curves.png'))
@@ -562,17 +638,27 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   signal.signal(signal.SIGINT, exit_on_interrupt)
-  if FLAGS.cpu_devices:  # Before anything starts a JAX backend.
-    jax.config.update('jax_num_cpu_devices', FLAGS.cpu_devices)
-  if FLAGS.coordinator_address:
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   try:
-    train_and_evaluate(preflight.load_config(FLAGS), FLAGS.workdir)
+    config = preflight.load_config(FLAGS)
+    several = FLAGS.coordinator_address or FLAGS.distributed == 'auto'
+    auto = 1 if several else multihost.default_cpu_devices(config.batch_size)
+    # Before anything starts a JAX backend; unused when an accelerator is the default.
+    jax.config.update('jax_num_cpu_devices', FLAGS.cpu_devices or auto)
+    multihost.start(
+      FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+    )
+    train_and_evaluate(config, FLAGS.workdir)
+  except Preempted as e:
+    multihost.end(str(e), multihost.EXIT_PREEMPTED)
   except UserError as e:
-    sys.exit(f'error: {e}')
+    multihost.end(f'error: {e}', 1)
   except OSError as e:  # A full disk, a folder gone: every write is atomic, nothing is lost.
     where = f' ({e.filename})' if e.filename else ''
-    sys.exit(f'error: {e.strerror or e}{where}; fix it and rerun to resume from the last epoch.')
+    multihost.end(f'error: {e.strerror or e}{where}; fix it and rerun to resume.', 1)
+  except Exception as e:
+    if jax.process_count() == 1:
+      raise  # A bug: its traceback.
+    multihost.end(multihost.describe(e), 1)
 
 
 def define_flags() -> None:
@@ -587,14 +673,21 @@ def define_flags() -> None:
   except (KeyError, AttributeError) as e:
     sys.exit(preflight.config_error(e, sys.argv))
   flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and plots are written.')
-  flags.DEFINE_string('coordinator_address', None, 'Multi-host only: host:port of process 0.')
-  flags.DEFINE_integer('num_processes', None, 'Multi-host only: number of processes.')
-  flags.DEFINE_integer('process_id', None, 'Multi-host only: index of this process.')
+  flags.DEFINE_enum(
+    'distributed',
+    'off',
+    ['off', 'auto'],
+    'auto: one process of a multi-process job whose cluster JAX detects (Cloud TPU VMs, SLURM, '
+    'Kubernetes); off: a single process unless --coordinator_address is given.',
+  )
+  flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.')
+  flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
+  flags.DEFINE_integer('process_id', None, 'Multi-process: index of this process.')
   flags.DEFINE_integer(
     'cpu_devices',
     0,
     'CPU only: split the host into this many JAX devices, the batch sharded over them as over '
-    'GPUs (0 = one device). On 2 cores, 2 devices train ~1.2x faster (bench/README.md).',
+    'GPUs. 0: one per core (at most 8, dividing the batch); 1 in a multi-process job.',
     lower_bound=0,
   )
   flags.mark_flags_as_required(['workdir'])

@@ -18,6 +18,8 @@ SLOW_FILES = {
   'conv_layers_test.py',
   'docs_test.py',
   'gpu_check_test.py',
+  'launch_test.py',
+  'multiprocess_test.py',
   'reliability_test.py',
   'seeds_test.py',
   'torch_cnn_test.py',
