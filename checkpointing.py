@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from errors import CheckpointError
 
@@ -214,11 +215,11 @@ def set_aside_newer_checkpoints(manager: ocp.CheckpointManager, epoch: int, work
   newer = [s for s in manager.all_steps() if s > epoch]
   if not newer:
     return
-  rejected = os.path.join(workdir, 'rejected_checkpoints')
-  os.makedirs(rejected, exist_ok=True)
+  rejected = epath.Path(workdir, 'rejected_checkpoints')
+  rejected.mkdir(parents=True, exist_ok=True)
   for step in newer:
-    dest = os.path.join(rejected, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
-    os.replace(os.path.join(manager.directory, str(step)), dest)
+    dest = rejected / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
+    epath.Path(manager.directory, str(step)).rename(dest)
     logging.warning('Moved the rejected checkpoint of epoch %d to %s.', step, dest)
   manager.reload()
 

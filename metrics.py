@@ -1,7 +1,8 @@
 """What a run records: the per-epoch log, the summary, and the one atomic file writer.
 
 * `write_atomically(path, write)`: every file the project writes goes through it, so a kill
-  or a full disk never leaves a half-written file where a good one was.
+  or a full disk never leaves a half-written file where a good one was. A path may be local
+  or in an object store (`gs://...`, through etils.epath, as orbax's are).
 * `MetricsLog`: workdir/metrics.jsonl (one JSON line per epoch) and the same in TensorBoard.
 * `summarize(...)`: summary.json's contents, from the log's history.
 """
@@ -17,17 +18,31 @@ from typing import Any
 
 import numpy as np
 from absl import logging
+from etils import epath
 
 TARGET_ACCURACY = 0.994  # The mission's bar: the first epoch at or above it is reported.
 TARGET = f'{100 * TARGET_ACCURACY:g} %'  # As tables and plots write it.
+
+
+def is_remote(path: str) -> bool:
+  """Whether `path` is in an object store (gs://, s3://, ...) rather than on a local disk."""
+  return '://' in str(path)
 
 
 def write_atomically(path: str, write: Callable[[str], None]) -> None:
   """Calls write(tmp) on a fresh temp file beside `path`, then renames it over `path`.
 
   The temp name is unique, so two writers never share one; on any failure (a full disk, an
-  interrupt) the temp file is removed and `path` keeps its old contents.
+  interrupt) the temp file is removed and `path` keeps its old contents. For a remote `path`
+  the temp file is local and is then uploaded: an object store replaces an object whole.
   """
+  if is_remote(path):
+    with tempfile.TemporaryDirectory() as local:
+      tmp = os.path.join(local, os.path.basename(path))
+      write(tmp)
+      with open(tmp, 'rb') as f:
+        epath.Path(path).write_bytes(f.read())
+    return
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
   os.close(fd)
@@ -61,56 +76,64 @@ def write_json(path: str, obj: Any) -> None:
 def read_history(path: str) -> list[dict[str, Any]]:
   """The records of a metrics.jsonl ([] if there is none), up to its first damaged line (a
   half-written or garbled tail): that line and the ones after it are dropped, with a warning."""
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     return []
   records = []
-  with open(path, errors='replace') as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-        if not isinstance(record, dict) or not isinstance(record.get('epoch'), int):
-          raise ValueError('not an epoch record')
-      except ValueError:
-        logging.warning(
-          '%s: line %d is damaged; it and the lines after it are dropped.', path, number
-        )
-        break
-      records.append(record)
+  text = epath.Path(path).read_bytes().decode(errors='replace')
+  for number, line in enumerate(text.splitlines(), start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict) or not isinstance(record.get('epoch'), int):
+        raise ValueError('not an epoch record')
+    except ValueError:
+      logging.warning(
+        '%s: line %d is damaged; it and the lines after it are dropped.', path, number
+      )
+      break
+    records.append(record)
   return records
 
 
 class MetricsLog:
-  """Writes one JSON line per epoch to workdir/metrics.jsonl and the same to TensorBoard."""
+  """Writes one JSON line per epoch to workdir/metrics.jsonl and the same to TensorBoard
+  (for a local workdir: tensorboardX needs extra packages for object stores)."""
 
   def __init__(self, workdir: str, resume_epoch: int, write: bool = True):
     """`write=False` (every process of a job but the first) keeps the history in memory only."""
     self.path = os.path.join(workdir, 'metrics.jsonl')
     # Epochs after the restored checkpoint are re-run, so their old lines are dropped.
     self.history = [r for r in read_history(self.path) if r['epoch'] <= resume_epoch]
-    self.writer = None
+    self.write_files = write
+    self.tensorboard = None
     if not write:
       return
-    write_text(self.path, ''.join(json.dumps(r) + '\n' for r in self.history))
-    from tensorboardX import SummaryWriter  # Lazy: only the trainer needs it.
+    self._rewrite()
+    if not is_remote(workdir):
+      from tensorboardX import SummaryWriter  # Lazy: only the trainer needs it.
 
-    self.writer = SummaryWriter(os.path.join(workdir, 'tb'), purge_step=resume_epoch + 1)
+      self.tensorboard = SummaryWriter(os.path.join(workdir, 'tb'), purge_step=resume_epoch + 1)
+
+  def _rewrite(self) -> None:
+    """The whole file, atomically (an object store cannot append; the file is small)."""
+    write_text(self.path, ''.join(json.dumps(r) + '\n' for r in self.history))
 
   def write(self, record: dict[str, Any]) -> None:
     self.history.append(record)
-    if self.writer is None:
+    if not self.write_files:
       return
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    self._rewrite()
+    if self.tensorboard is None:
+      return
     for key, value in record.items():
       if key != 'epoch' and isinstance(value, int | float):
-        self.writer.add_scalar(key, value, record['epoch'])
-    self.writer.flush()
+        self.tensorboard.add_scalar(key, value, record['epoch'])
+    self.tensorboard.flush()
 
   def close(self):
-    if self.writer is not None:
-      self.writer.close()
+    if self.tensorboard is not None:
+      self.tensorboard.close()
 
 
 def first_at_target(

@@ -14,6 +14,7 @@ import time
 import jax
 import ml_collections
 from absl import flags
+from etils import epath
 
 import input_pipeline
 import metrics
@@ -66,13 +67,18 @@ def validate_data(config: ml_collections.ConfigDict, data: dict[str, input_pipel
     )
 
 
+def workdir_path(workdir: str) -> str:
+  """`workdir` as the run uses it: absolute if local, as given if remote (gs://...)."""
+  return workdir if metrics.is_remote(workdir) else os.path.abspath(workdir)
+
+
 def prepare_workdir(workdir: str) -> str:
-  """Creates `workdir` and proves it is writable; returns its absolute path."""
-  workdir = os.path.abspath(workdir)
+  """Creates `workdir` (local or gs://...) and proves it is writable; returns workdir_path."""
+  workdir = workdir_path(workdir)
   try:
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     metrics.write_text(os.path.join(workdir, '.write_test'), 'ok')
-    os.remove(os.path.join(workdir, '.write_test'))
+    epath.Path(workdir, '.write_test').unlink()
   except OSError as e:
     raise ConfigError(f'workdir {workdir!r} is not writable ({e.strerror or e}).') from e
   return workdir
@@ -84,8 +90,12 @@ def workdir_lock(workdir: str):
 
   An advisory `flock`, which the kernel drops when the holder exits in any way (SIGKILL
   included), so a killed run's lock is never stale. The file names the holder, for the
-  message a second trainer gets.
+  message a second trainer gets. An object store (gs://...) has no such lock: there the
+  run is not guarded.
   """
+  if metrics.is_remote(workdir):
+    yield
+    return
   path = os.path.join(workdir, '.lock')
   f = open(path, 'a+')  # noqa: SIM115 (held open for the whole run)
   try:

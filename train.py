@@ -497,7 +497,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   preflight.validate_config(config)
   if not multihost.is_primary():  # Process 0 creates, checks and locks the workdir.
     multihost.sync('workdir ready')
-    return _train_and_evaluate(config, os.path.abspath(workdir))
+    return _train_and_evaluate(config, preflight.workdir_path(workdir))
   workdir = preflight.prepare_workdir(workdir)
   with preflight.workdir_lock(workdir):
     multihost.sync('workdir ready')

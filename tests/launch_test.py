@@ -167,11 +167,11 @@ class TpuPodDryRunTest(_ScriptTest):
     ssh = [c for c in cmds if _step(c) == 'ssh']
     self.assertEqual(_remote_train(ssh[1]), TRAIN)
 
-  def test_setup_makes_a_venv_and_installs_the_package_and_jax_tpu(self):
+  def test_setup_makes_a_venv_and_installs_the_package_with_gcs_and_jax_tpu(self):
     cmds = self.dry_run(TPU_POD, '--dry-run', WORKDIR=GS)
     setup = shlex.split(_option(cmds[3], 'command'))
     self.assertIn('python3 -m venv .venv', ' '.join(setup))
-    pip = ['.venv/bin/python', '-m', 'pip', 'install', '-q', '-e', '.', 'jax[tpu]']
+    pip = ['.venv/bin/python', '-m', 'pip', 'install', '-q', '-e', '.[gcs]', 'jax[tpu]']
     self.assertEqual(setup[-len(pip) :], pip)
 
   def test_flags_win_over_the_environment(self):
