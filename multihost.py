@@ -178,7 +178,8 @@ def describe(e: BaseException) -> str:
 def default_cpu_devices(batch_size: int, cores: int | None = None) -> int:
   """How many JAX devices to split a CPU host into: one per core, at most 8, fewest 1, and a
   count that divides `batch_size` (each device takes an equal share of every batch)."""
-  cores = cores or len(os.sched_getaffinity(0))
+  if not cores:  # The cores this process may use; macOS has no sched_getaffinity.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
   for n in range(min(cores, 8), 0, -1):
     if batch_size % n == 0:
       return n
