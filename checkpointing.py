@@ -3,7 +3,9 @@ array and its epoch's metrics record in its metadata.
 
 `restore_latest` loads the newest checkpoint that passes its checks and falls back past damaged
 ones (reporting each); `set_aside_newer_checkpoints` moves the rejected ones out of the way so
-their epochs can be saved again.
+their epochs can be saved again. A run stopped by SIGTERM inside an epoch leaves one more
+checkpoint, of that step (`save_preempted`). `restore_run` and `restore_mid_epoch` are what the
+trainer calls to resume: the newest good epoch, then the step inside the next one, if any.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+import metrics
+import multihost
 from errors import CheckpointError
 
 
@@ -270,3 +274,52 @@ def restore_preempted(
     return None
   logging.info('Resuming epoch %d after its step %d (stopped there).', epoch, record['steps_done'])
   return restored['state'], (record['steps_done'], restored['sums'])
+
+
+# ----------------------------------------------------------------------------- a run's resume
+
+
+# Settings a run may change on resume: they do not shape the weights. Every other config field
+# is saved with each checkpoint, and a checkpoint saved under other values is not resumed.
+RESUMABLE_CHANGES = (
+  'data_dir', 'data_url', 'download_dir', 'eval_batch_size', 'steps_per_call',
+  'checkpoints_to_keep', 'plots',
+)  # fmt: skip
+
+
+def run_settings(config: Any) -> dict[str, Any]:
+  """The config fields that shape the weights (what a resumed checkpoint must match)."""
+  return {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
+
+
+def restore_run(workdir: str, config, state: Any):
+  """(manager, state, epoch, log): the newest good checkpoint of this run (or `state` at epoch
+  0), the unusable newer ones set aside, and the metrics log cut back to that epoch. Every
+  process restores; they must agree on the epoch, and only process 0 moves or writes files."""
+  with quiet_orbax():
+    manager = checkpoint_manager(workdir, config.checkpoints_to_keep)
+  state, epoch = restore_latest(manager, state, run_settings(config))
+  multihost.agree(epoch, 'the newest good checkpoint at epoch')
+  if multihost.is_primary():
+    set_aside_newer_checkpoints(manager, epoch, workdir)
+  multihost.sync('checkpoints set aside')
+  manager.reload()
+  log = metrics.MetricsLog(workdir, epoch, write=multihost.is_primary())
+  # Lines missing after the log's last one (killed between a save and its line, or a damaged
+  # tail dropped): each kept checkpoint carries its epoch's line.
+  last = log.history[-1]['epoch'] if log.history else 0
+  for step in sorted(s for s in manager.all_steps() if last < s <= epoch):
+    if record := checkpoint_record(manager, step):
+      log.write(record)
+  return manager, state, epoch, log
+
+
+def restore_mid_epoch(workdir: str, config, state: Any, sums: Any, epoch: int):
+  """(manager of workdir/preempted, state, (steps done, sums) or None): where a run stopped
+  by SIGTERM inside `epoch` left off, if it did (`sums`: a zero template); every process
+  must agree."""
+  with quiet_orbax():
+    preempted = preempted_manager(workdir)
+  found = restore_preempted(preempted, state, sums, epoch, run_settings(config))
+  multihost.agree(found[1][0] if found else 0, f'epoch {epoch} resumed at step')
+  return (preempted, *found) if found else (preempted, state, None)

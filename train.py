@@ -449,41 +449,6 @@ def fit_epoch(config, programs, state, train_data, test, epoch, rngs, schedule, 
   return state, record
 
 
-# Settings a run may change on resume: they do not shape the weights. Every other config field
-# is saved with each checkpoint, and a checkpoint saved under other values is not resumed.
-RESUMABLE_CHANGES = (
-  'data_dir', 'data_url', 'download_dir', 'eval_batch_size', 'steps_per_call',
-  'checkpoints_to_keep', 'plots',
-)  # fmt: skip
-
-
-def run_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The config fields that shape the weights (what a resumed checkpoint must match)."""
-  return {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
-
-
-def restore(workdir: str, config, state: TrainState):
-  """(manager, state, epoch, log): the newest good checkpoint of this run (or `state` at epoch
-  0), the unusable newer ones set aside, and the metrics log cut back to that epoch. Every
-  process restores; they must agree on the epoch, and only process 0 moves or writes files."""
-  with checkpointing.quiet_orbax():
-    manager = checkpointing.checkpoint_manager(workdir, config.checkpoints_to_keep)
-  state, epoch = checkpointing.restore_latest(manager, state, run_settings(config))
-  multihost.agree(epoch, 'the newest good checkpoint at epoch')
-  if multihost.is_primary():
-    checkpointing.set_aside_newer_checkpoints(manager, epoch, workdir)
-  multihost.sync('checkpoints set aside')
-  manager.reload()
-  log = metrics.MetricsLog(workdir, epoch, write=multihost.is_primary())
-  # Lines missing after the log's last one (killed between a save and its line, or a damaged
-  # tail dropped): each kept checkpoint carries its epoch's line.
-  last = log.history[-1]['epoch'] if log.history else 0
-  for step in sorted(s for s in manager.all_steps() if last < s <= epoch):
-    if record := checkpointing.checkpoint_record(manager, step):
-      log.write(record)
-  return manager, state, epoch, log
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains and evaluates per `config`, checkpointing to and resuming from `workdir`.
 
@@ -504,24 +469,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return _train_and_evaluate(config, workdir)
 
 
-def restore_mid_epoch(workdir: str, config, state: TrainState, epoch: int):
-  """(manager of workdir/preempted, state, train_epoch's `resume` or None): where a run
-  stopped by SIGTERM inside `epoch` left off, if it did; every process must agree."""
-  with checkpointing.quiet_orbax():
-    preempted = checkpointing.preempted_manager(workdir)
-  sums = multihost.replicator(data_shardings()[0])(zero_sums())
-  found = checkpointing.restore_preempted(preempted, state, sums, epoch, run_settings(config))
-  multihost.agree(found[1][0] if found else 0, f'epoch {epoch} resumed at step')
-  return (preempted, *found) if found else (preempted, state, None)
-
-
 def end_epoch(config, managers, state: TrainState, record: dict[str, Any], log) -> None:
   """Saves the epoch's checkpoint, then its metrics line (the order a resume relies on),
   drops a mid-epoch checkpoint this one supersedes, and logs the line."""
   manager, preempted = managers
   epoch = record['epoch']
   phase_marker('save', epoch)
-  checkpointing.save_checkpoint(manager, epoch, state, record, run_settings(config))
+  checkpointing.save_checkpoint(manager, epoch, state, record, checkpointing.run_settings(config))
   phase_marker('saved', epoch)
   log.write(record)
   for step in preempted.all_steps():
@@ -550,11 +504,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   logging.info('Model %r, %s parameters:\n%s', config.arch, f'{num_params:,}', model_summary)
 
   replicate = multihost.replicator(data_shardings()[0])
-  manager, state, start_epoch, log = restore(workdir, config, replicate(state))
+  manager, state, start_epoch, log = checkpointing.restore_run(workdir, config, replicate(state))
   phase_marker('resumed', start_epoch)
   train_data = replicate((train.images, train.labels))
   programs = compile_programs(config, state, *train_data)
-  preempted, state, resume = restore_mid_epoch(workdir, config, state, start_epoch + 1)
+  preempted, state, resume = checkpointing.restore_mid_epoch(
+    workdir, config, state, programs.replicate(zero_sums()), start_epoch + 1
+  )
   logging.info(
     'Compiled %s-step train calls in %.1f s (backend %s, %d device(s)).',
     sorted(programs.train_calls),
@@ -575,7 +531,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       ) from None
     except Preempted as stopped:
       state, sums, epoch, done = stopped.args
-      checkpointing.save_preempted(preempted, state, sums, epoch, done, run_settings(config))
+      checkpointing.save_preempted(
+        preempted, state, sums, epoch, done, checkpointing.run_settings(config)
+      )
       raise Preempted(
         f'stopped by SIGTERM after step {done} of {steps_per_epoch} in epoch {epoch}, and saved '
         f'there ({preempted.directory}); rerun the same command to resume from that step.'
