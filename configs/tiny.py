@@ -1,14 +1,14 @@
-"""Tiny config: the 7,442-parameter CNN ('tiny' in nets/cnn.py), 15 epochs (issue 7).
+"""Tiny config: the 7,442-parameter CNN ('tiny' in nets/cnn.py), 15 epochs.
 
 Command:
 
-  python scripts/seeds.py --config=configs/tiny.py --seeds=0,1,2,3,4 --root=workdirs/tiny \
-      -- --config.data_dir=../shared/mnist
+  python scripts/seeds.py --config=configs/tiny.py --seeds=0,1,2,3,4,5,6,7,8,9 \
+      --root=workdirs/tiny -- --config.data_dir=../shared/mnist
 
-Target: < 8,000 parameters, >= 99.4 % on each of seeds 0-4 within 15 epochs with the last
-3 epochs all >= 99.4 %. Met on the 2-core AMD EPYC CPU: final 99.45 / 99.43 / 99.50 / 99.42 /
-99.46 % on seeds 0-4, lowest of any seed's last 3 epochs 99.42 % (docs/runs/tiny). What each change
-from the GAP recipe did in probes on seeds 3 and 4 (the two weakest of the first sweep):
+Target: < 8,000 parameters, >= 99.4 % on each of seeds 0-9 within 15 epochs with the last
+3 epochs all >= 99.4 %. Met on seeds 0-4, not on 0-9 (2-core AMD EPYC CPU, docs/runs/tiny):
+seed 8 ends at 99.36 % and seed 5's last three epochs dip to 99.36 %; ten-seed mean final
+99.44 %. What each change from the GAP recipe did in probes on seeds 3 and 4:
 docs/experiments.md.
 """
 
