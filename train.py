@@ -401,6 +401,9 @@ def stop_requested(step: int) -> bool:
   """Whether to stop at `step` (multihost.preempted), after the preemption-test hook."""
   if step == _SIGTERM_AT_STEP:
     os.kill(os.getpid(), signal.SIGTERM)
+    # A real step gives JAX's preemption notice time to reach every process before the run
+    # ends; the tests' steps take milliseconds, and their whole run can end first.
+    time.sleep(2)
   return multihost.preempted()
 
 
