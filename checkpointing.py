@@ -87,9 +87,11 @@ def save_checkpoint(
   state: Any,
   record: dict[str, Any],
   run: dict[str, Any] | None = None,
+  step: int | None = None,
 ) -> None:
   """Saves `state` as the checkpoint of `epoch`, with its leaf checksums, its identity (epoch,
-  step and `run`, the settings that shape the weights) and its metrics record.
+  train `step`, by default `state.step`, and `run`, the settings that shape the weights) and
+  its metrics record.
 
   All go into the step's orbax metadata, which is written before the step is committed, so a
   committed checkpoint always carries them. Orbax's own files have no checksum: flipped bytes
@@ -97,8 +99,8 @@ def save_checkpoint(
   load as if they were this one's, and a whole step folder copied over another loads as that
   epoch (tests/checkpointing_test.py).
   """
-  step = state['state'].step if isinstance(state, dict) else state.step  # save_preempted's.
-  identity = {'epoch': epoch, 'step': int(jax.device_get(step)), 'run': run}
+  step = int(jax.device_get(state.step)) if step is None else step
+  identity = {'epoch': epoch, 'step': step, 'run': run}
   metadata = {'leaf_sha256': leaf_digests(state), 'identity': identity, 'metrics_record': record}
   with quiet_orbax():
     saved = manager.save(epoch, args=ocp.args.StandardSave(state), custom_metadata=metadata)
@@ -250,7 +252,7 @@ def save_preempted(
   sums, with the same checksums and identity as an epoch checkpoint."""
   step = int(jax.device_get(state.step))
   record = {'epoch': epoch, 'steps_done': done}
-  save_checkpoint(manager, step, {'state': state, 'sums': sums}, record, run)
+  save_checkpoint(manager, step, {'state': state, 'sums': sums}, record, run, step=step)
 
 
 def restore_preempted(
