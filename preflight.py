@@ -39,11 +39,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     ('max_shift', 0 <= config.max_shift <= 14, 'must be in [0, 14] pixels'),
     ('steps_per_call', config.steps_per_call >= 0, 'must be >= 0 (0 = auto)'),
     ('checkpoints_to_keep', config.checkpoints_to_keep >= 1, 'must be >= 1'),
-    ('arch', config.arch in cnn.ARCHITECTURES, f'must be one of {sorted(cnn.ARCHITECTURES)}'),
   ]
   for field, ok, requirement in checks:
     if not ok:
       raise ConfigError(f'config.{field}={config[field]!r} {requirement}.')
+  try:
+    cnn.layers_of(config.arch)
+  except ValueError as e:
+    raise ConfigError(f'config.arch={config.arch!r}: {e}') from None
   if config.data_dir and not os.path.isdir(config.data_dir):
     raise ConfigError(f'config.data_dir={config.data_dir!r} is not an existing folder.')
   devices = jax.device_count()

@@ -35,7 +35,9 @@ REPO = os.path.dirname(BENCH)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('data_dir', os.path.join(REPO, '..', 'shared', 'mnist'), 'MNIST IDX folder.')
-flags.DEFINE_string('arch', 'default', 'nets.cnn.ARCHITECTURES key, trained on both sides.')
+flags.DEFINE_string(
+  'arch', 'gap', 'nets.cnn.ARCHITECTURES name or layer spec, trained on both sides.'
+)
 flags.DEFINE_integer('batch_size', 128, 'Training batch size (both frameworks).')
 flags.DEFINE_integer('eval_batch_size', 1000, 'Evaluation batch size (both frameworks).')
 flags.DEFINE_integer('rounds', 5, 'Timed rounds per framework (the median is reported).')

@@ -65,8 +65,8 @@ class TorchCNN(nn.Module):
 
 
 def build(arch: str) -> TorchCNN:
-  """The PyTorch network for a nets.cnn.ARCHITECTURES name."""
-  return TorchCNN(cnn.ARCHITECTURES[arch])
+  """The PyTorch network for a nets.cnn.ARCHITECTURES name or layer spec."""
+  return TorchCNN(cnn.layers_of(arch))
 
 
 def count_params(model: nn.Module) -> int:

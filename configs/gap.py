@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.download_dir = ''  # Download cache; '' = TFDS's ($TFDS_DATA_DIR or ~/tensorflow_datasets).
 
   # --- Model (nets/cnn.py)
-  c.arch = 'default'  # Key of nets.cnn.ARCHITECTURES.
+  c.arch = 'gap'  # A nets.cnn.ARCHITECTURES name or a layer spec (nets.cnn.parse).
   c.dropout_rate = 0.0  # Used only by architectures with a 'dropout' layer.
 
   # --- Optimisation: SGD + Nesterov momentum, one-cycle learning rate.

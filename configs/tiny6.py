@@ -1,4 +1,4 @@
-"""Tiny6 config: the tiny recipe on the 6,202-parameter 'tiny6h' net, its push-down.
+"""Tiny6 config: the tiny recipe on the 6,202-parameter 'tiny6' net, its push-down.
 
 Command:
 
@@ -21,5 +21,5 @@ from configs import tiny
 def get_config() -> ml_collections.ConfigDict:
   """configs/tiny.py on the 6,202-parameter spatial-head net."""
   c = tiny.get_config()
-  c.arch = 'tiny6h'
+  c.arch = 'tiny6'
   return c

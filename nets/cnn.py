@@ -1,7 +1,8 @@
 """A small MNIST CNN: conv-BN-ReLU blocks, 1x1 transitions, max-pooling, a GAP head.
 
-An architecture is a tuple of `Layer` specs (see `ARCHITECTURES`), so that the network, its
-parameter count and its receptive-field table all come from one description.
+An architecture is a tuple of `Layer` specs: a name in `ARCHITECTURES` (the nets configs/
+trains) or a spec string such as 'c8-c16-pool-c16v-gap-dense' (`parse`), so that the network,
+its parameter count and its receptive-field table all come from one description.
 
 `apply(model, variables, images, train=..., rng=...)` is the pure function the trainer calls;
 `summary(model)` returns the per-layer table (output shape, parameters, receptive field).
@@ -10,6 +11,7 @@ parameter count and its receptive-field table all come from one description.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,65 +46,94 @@ FLATTEN = Layer('flatten')
 DROPOUT = Layer('dropout')
 HEAD = Layer('dense', 10)
 
-_TINY = (
-  conv(8),
-  conv(16),
-  POOL,
-  conv(8, 1),
-  conv(16),
-  conv(16),
-  POOL,
-  conv(16, 3, 'VALID'),
-  GAP,
-  HEAD,
-)
-
 
 def spatial_head(channels: int) -> tuple[Layer, ...]:
   """A VALID 3x3 conv from the 7x7 map to 5x5 x `channels`, flattened into the classifier."""
   return (conv(channels, 3, 'VALID'), FLATTEN, HEAD)
 
 
-# The default net up to its last 7x7 map (after the second 1x1 squeeze): 'default' and
+# The default net up to its last 7x7 map (after the second 1x1 squeeze): 'gap' and
 # 'spatial' differ only in the head.
 _DEFAULT_BODY = (conv(16), conv(32), POOL, conv(16, 1), conv(16), conv(32), POOL, conv(16, 1))
 
-# Tiny with 12 channels in the 28x28 conv and the first 14x14 conv, up to the last 7x7 map.
-_TINY6_BODY = (conv(8), conv(12), POOL, conv(8, 1), conv(12), conv(16), POOL)
-
-# Tiny with 12 channels in the second 28x28 conv, up to the last 7x7 map: the body of the
-# spatial-head tiny nets.
-_TINY_S_BODY = (conv(8), conv(12), *_TINY[2:7])
-
-# Each entry: name -> layers. Parameter counts are asserted in tests/cnn_test.py.
+# The nets configs/ trains, by name. Any other net is written as a layer spec (see `parse`);
+# docs/experiments.md gives each probe it ran that way. Parameter counts: tests/cnn_test.py.
 ARCHITECTURES: dict[str, tuple[Layer, ...]] = {
-  # Default (17,946 params): widen to 32 channels at 28x28 and 14x14, squeeze back to 16 with
-  # 1x1 convs after each pool, and end on a 5x5 map before GAP (receptive field 40 > 28).
-  'default': (*_DEFAULT_BODY, conv(32, 3, 'VALID'), GAP, HEAD),
-  # Spatial (19,290 params, configs/best.py): the default up to the last 7x7 map, then a
-  # 16-channel VALID conv to 5x5 and a dense head on all 400 values instead of GAP: the
-  # classifier sees where a stroke is, as the course net's Linear(256) head does.
-  'spatial': (*_DEFAULT_BODY, conv(16, 3, 'VALID'), FLATTEN, DROPOUT, HEAD),  # config.dropout_rate
-  # Tiny (7,442 params): the same plan at half the width (8/16 channels): ~3x fewer MACs.
-  'tiny': _TINY,
-  # Tiny6 (6,242 params): tiny with 12 instead of 16 channels in the 28x28 conv and the first
-  # 14x14 conv, GAP head: did not hold the tiny bar (a probe in docs/experiments.md).
-  'tiny6': (*_TINY6_BODY, conv(16, 3, 'VALID'), GAP, HEAD),
-  # Tiny6s (6,122 params): tiny6 with the spatial head: a 6-channel VALID conv to 5x5 and a
-  # dense layer on its 150 values replace the 16-channel conv, GAP and dense(16) (a probe).
-  'tiny6s': (*_TINY6_BODY, *spatial_head(6)),
-  # Tiny7s (6,994 params): tiny6s with tiny's 16 channels in the first 14x14 conv (a probe).
-  'tiny7s': (*_TINY_S_BODY, *spatial_head(6)),
-  # Tiny6h (6,202 params, configs/tiny6.py): tiny7s with a 4-channel head conv (dense on 100
-  # values): the 14x14 stage kept at 16 channels, the head made smaller instead. The fewest
-  # parameters that held the tiny bar on every seed (docs/experiments.md).
-  'tiny6h': (*_TINY_S_BODY, *spatial_head(4)),
-  # Tiny5h (5,806 params): tiny6h with a 3-channel head conv (dense on 75 values) (a probe).
-  'tiny5h': (*_TINY_S_BODY, *spatial_head(3)),
-  # Tiny10 (7,752 params): tiny with 10 channels in the first conv (a probe in
-  # docs/experiments.md; it did not help).
-  'tiny10': (conv(10), *_TINY[1:]),
+  # GAP (17,946 params, configs/gap.py): widen to 32 channels at 28x28 and 14x14, squeeze back
+  # to 16 with 1x1 convs after each pool, and end on a 5x5 map before a global average pool
+  # (receptive field 40 > 28).
+  'gap': (*_DEFAULT_BODY, conv(32, 3, 'VALID'), GAP, HEAD),
+  # Spatial (19,290 params, configs/mnist.py, configs/fast.py): the GAP net up to the last 7x7
+  # map, then a 16-channel VALID conv to 5x5 and a dense head on all 400 values instead of GAP:
+  # the classifier sees where a stroke is.
+  'spatial': (*_DEFAULT_BODY, conv(16, 3, 'VALID'), FLATTEN, DROPOUT, HEAD),
+  # Tiny (7,442 params, configs/tiny.py): the GAP net's plan at half the width (8/16 channels).
+  'tiny': (
+    conv(8),
+    conv(16),
+    POOL,
+    conv(8, 1),
+    conv(16),
+    conv(16),
+    POOL,
+    conv(16, 3, 'VALID'),
+    GAP,
+    HEAD,
+  ),
+  # Tiny6 (6,202 params, configs/tiny6.py): tiny with 12 channels in its second conv and a
+  # spatial head on a 4-channel 5x5 map (dense on 100 values) instead of GAP.
+  'tiny6': (conv(8), conv(12), POOL, conv(8, 1), conv(16), conv(16), POOL, *spatial_head(4)),
 }
+
+# Layer-spec tokens: c<N> (3x3 conv-BN-ReLU, N channels), c<N>k<K> (KxK), c<N>v (3x3 VALID),
+# pool, gap, flatten, dropout, dense (the 10-class classifier).
+_CONV = re.compile(r'c(\d+)(?:k(\d+))?(v?)')
+_WORDS = {'pool': POOL, 'gap': GAP, 'flatten': FLATTEN, 'dropout': DROPOUT, 'dense': HEAD}
+SPEC_HELP = (
+  'a layer spec such as c8-c16-pool-c8k1-c16-c16-pool-c16v-gap-dense (c<N>: 3x3 conv, N '
+  'channels; k<K>: KxK kernel; v: VALID padding; pool, gap, flatten, dropout, dense)'
+)
+
+
+def parse(spec: str) -> tuple[Layer, ...]:
+  """The layers of a spec such as 'c8-c16-pool-c16v-gap-dense'; ValueError says what is wrong."""
+  layers = []
+  for token in spec.split('-'):
+    match = _CONV.fullmatch(token)
+    if match:
+      features, kernel, valid = match.groups()
+      layers.append(conv(int(features), int(kernel or 3), 'VALID' if valid else 'SAME'))
+    elif token in _WORDS:
+      layers.append(_WORDS[token])
+    else:
+      raise ValueError(f'{token!r} in {spec!r} is not a layer; expected {SPEC_HELP}.')
+  if not layers or layers[-1] != HEAD or HEAD in layers[:-1]:
+    raise ValueError(f'{spec!r} must end with its only dense layer; expected {SPEC_HELP}.')
+  return tuple(layers)
+
+
+def to_spec(layers: Sequence[Layer]) -> str:
+  """The spec string `parse` reads back as `layers`."""
+  words = {v: k for k, v in _WORDS.items()}
+  return '-'.join(
+    words[lay]
+    if lay in words
+    else f'c{lay.features}'
+    + (f'k{lay.kernel}' if lay.kernel != 3 else '')
+    + ('v' if lay.padding == 'VALID' else '')
+    for lay in layers
+  )
+
+
+def layers_of(arch: str) -> tuple[Layer, ...]:
+  """The layers of an `ARCHITECTURES` name or of a layer spec."""
+  if arch in ARCHITECTURES:
+    return ARCHITECTURES[arch]
+  if '-' not in arch:
+    raise ValueError(
+      f'unknown architecture {arch!r}: use one of {sorted(ARCHITECTURES)} or {SPEC_HELP}.'
+    )
+  return parse(arch)
 
 
 def max_pool(x: jax.Array, k: int) -> jax.Array:
@@ -151,10 +182,8 @@ class CNN(nn.Module):
 
 
 def build(arch: str, dropout_rate: float = 0.0) -> CNN:
-  """Returns the CNN for an `ARCHITECTURES` name."""
-  if arch not in ARCHITECTURES:
-    raise ValueError(f'unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}.')
-  return CNN(layers=ARCHITECTURES[arch], dropout_rate=dropout_rate)
+  """Returns the CNN for an `ARCHITECTURES` name or a layer spec."""
+  return CNN(layers=layers_of(arch), dropout_rate=dropout_rate)
 
 
 def init(model: CNN, rng: jax.Array, image_shape=(28, 28, 1)) -> dict[str, Any]:

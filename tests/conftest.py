@@ -28,7 +28,7 @@ SLOW_FILES = {
 # Classes in otherwise quick files that start subprocesses, LibreOffice or a download server,
 # compile every probe net, or write real orbax checkpoints.
 SLOW_CLASSES = {
-  'ScriptTest', 'LibreOfficeTest', 'CheckWorkbookCommandTest', 'DownloadTest', 'ProbeNetsTest',
+  'ScriptTest', 'LibreOfficeTest', 'CheckWorkbookCommandTest', 'DownloadTest',
   'CheckpointIntegrityTest',
 }  # fmt: skip
 
