@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+import hooks
 import metrics
 import multihost
 from errors import CheckpointError
@@ -325,3 +326,17 @@ def restore_mid_epoch(workdir: str, config, state: Any, sums: Any, epoch: int):
   found = restore_preempted(preempted, state, sums, epoch, run_settings(config))
   multihost.agree(found[1][0] if found else 0, f'epoch {epoch} resumed at step')
   return (preempted, *found) if found else (preempted, state, None)
+
+
+def commit_epoch(managers, state: Any, record: dict[str, Any], run: dict[str, Any], log) -> None:
+  """Ends an epoch: its checkpoint, then its metrics line (a resume relies on that order: a
+  line is only ever written for a saved epoch), then drops the mid-epoch checkpoint this one
+  supersedes. `managers`: (epoch manager, preempted_manager)."""
+  manager, preempted = managers
+  hooks.phase_marker('save', record['epoch'])
+  save_checkpoint(manager, record['epoch'], state, record, run)
+  hooks.phase_marker('saved', record['epoch'])
+  log.write(record)
+  for step in preempted.all_steps():
+    with quiet_orbax():
+      preempted.delete(step)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 from etils import epath
+
+import multihost
 
 TARGET_ACCURACY = 0.994  # The mission's bar: the first epoch at or above it is reported.
 TARGET = f'{100 * TARGET_ACCURACY:g} %'  # As tables and plots write it.
@@ -52,9 +55,11 @@ def write_atomically(path: str, write: Callable[[str], None]) -> None:
       os.fsync(f.fileno())
     os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are meant to be read by others.
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     if os.path.exists(tmp):
       os.unlink(tmp)
+    if isinstance(e, OSError) and e.filename == tmp:  # Name the file the user knows.
+      raise OSError(e.errno, e.strerror, path) from e
     raise
 
 
@@ -134,6 +139,26 @@ class MetricsLog:
   def close(self):
     if self.tensorboard is not None:
       self.tensorboard.close()
+
+
+def progress_bar(steps: int, desc: str, resume: tuple[int, Any] | None = None):
+  """A tqdm bar over an epoch's steps, shown only on a terminal and by process 0 of a job;
+  `resume`: (steps already done, ...) of an epoch stopped part-way."""
+  from tqdm import tqdm  # Lazy: only the interactive trainer needs it.
+
+  disable = not sys.stderr.isatty() or not multihost.is_primary()
+  bar = tqdm(total=steps, desc=desc, unit='step', leave=False, disable=disable)
+  bar.update(resume[0] if resume else 0)
+  return bar
+
+
+def epoch_line(record: dict[str, Any]) -> str:
+  """The one log line of an epoch's record."""
+  return (
+    'epoch {epoch:2d}  train loss {train_loss:.4f} acc {train_accuracy:.4f}  test loss '
+    '{test_loss:.4f} acc {test_accuracy:.4f}  lr {learning_rate:.4f}  {train_seconds:.1f} s '
+    '({images_per_second:.0f} img/s)'.format(**record)
+  )
 
 
 def first_at_target(

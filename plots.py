@@ -4,6 +4,8 @@ The trainer draws the first two at the end of a run; `analysis.py` draws all fou
 
 from __future__ import annotations
 
+import os
+
 import matplotlib
 
 matplotlib.use('Agg')  # Files only; never needs a display.
@@ -63,6 +65,12 @@ def plot_misclassified(
   fig.suptitle(f'{len(wrong)} of {len(labels)} test digits misclassified (label→prediction)')
   _save(fig, path)
   return len(wrong)
+
+
+def plot_run(workdir: str, history: list[dict], images, labels, preds) -> None:
+  """The end-of-run figures: workdir/curves.png and workdir/misclassified.png."""
+  plot_curves(history, os.path.join(workdir, 'curves.png'))
+  plot_misclassified(images, labels, preds, os.path.join(workdir, 'misclassified.png'))
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int = 10) -> np.ndarray:

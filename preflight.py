@@ -8,12 +8,10 @@ import fcntl
 import math
 import os
 import socket
-import sys
 import time
 
 import jax
 import ml_collections
-from absl import flags
 from etils import epath
 
 import input_pipeline
@@ -118,41 +116,3 @@ def workdir_lock(workdir: str):
     yield
   finally:
     f.close()  # Releases the lock.
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def config_error(e: BaseException, argv: list[str]) -> str:
-  """One line for an error config_flags raised: an unknown field or a broken config file."""
-  chain = [e]
-  while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
-    chain.append(chain[-1].__cause__ or chain[-1].__context__)
-  root = chain[-1]
-  if isinstance(root, KeyError | AttributeError) and 'get_config' not in str(root):
-    overrides = ' '.join(a for a in argv[1:] if a.startswith('--config.'))
-    detail = max((str(x) for x in chain if isinstance(x, KeyError)), key=len)
-    detail = detail[1:-1] if detail[:1] == detail[-1:] == '"' else detail
-    return f'error: unknown config field in {overrides}: {detail}'
-  return f'error: --config: {type(root).__name__}: {(str(root) or "?").splitlines()[0]}'
-
-
-def parse_flags(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
-  """absl's parsing, with a bad --config file or --config.<field> reported in one line."""
-  try:
-    return flag_values(argv)
-  except flags.Error as e:  # A config file that raised: its message holds the traceback.
-    lines = [line for line in str(e).splitlines() if line.strip()]
-    sys.exit(f'error: {lines[0]} {lines[-1]}' if 'Traceback' in str(e) else f'error: {e}')
-  except Exception as e:  # config_flags raises the config file's own errors while parsing.
-    sys.exit(config_error(e, argv))
-
-
-def load_config(flag_values: flags.FlagValues) -> ml_collections.ConfigDict:
-  """flag_values.config; a --config file that does not exist is only found out here."""
-  try:
-    flag_values.config.get('seed')  # The first access raises the deferred load error.
-    return flag_values.config
-  except OSError as e:
-    detail = str(e).strip().splitlines()[-1].strip()
-    raise ConfigError(f'the --config file could not be loaded ({detail}).') from None

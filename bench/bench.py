@@ -4,7 +4,7 @@
   python bench/bench.py --augment --rounds=7          # both sides with rotation + shift
   python bench/bench.py --notorch                     # JAX only (no PyTorch installed)
 
-JAX trains nets.cnn 'default' with train.train_step / train.train_steps (data on the device,
+JAX trains nets.cnn 'gap' with train.train_step / compiled.train_steps (data on the device,
 the driving loop of train.train_and_evaluate: a jitted, donated `lax.scan` over
 `steps_per_call` steps, the whole epoch on accelerators). PyTorch trains bench/torch_cnn.py,
 the same network (parameter count asserted), with the same batch size, the same MNIST images
@@ -92,10 +92,11 @@ class JaxSide:
     import jax
     import jax.numpy as jnp
 
+    import compiled
     import train
     from configs import gap
 
-    self.jax, self.train = jax, train
+    self.jax, self.train, self.zero_sums = jax, train, compiled.zero_sums
     config = gap.get_config()
     config.arch = FLAGS.arch
     config.batch_size, config.eval_batch_size, config.seed = batch_size, eval_batch_size, seed
@@ -110,7 +111,7 @@ class JaxSide:
     self.num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
     # As train.train_and_evaluate: one 'data' axis over every device, batch sharded, state and
     # data set replicated (e.g. XLA_FLAGS=--xla_force_host_platform_device_count=2 on a CPU).
-    replicated, _ = train.data_shardings()
+    replicated, _ = compiled.data_shardings()
     self.replicated = replicated
     self.state = jax.device_put(state, replicated)
     self.train_data = jax.device_put((data['train'].images, data['train'].labels), replicated)
@@ -129,10 +130,10 @@ class JaxSide:
 
   def train_round(self, steps: int) -> float:
     """Seconds for `steps` train steps (whole calls of `chunk` steps), synced at the end."""
-    jax, train = self.jax, self.train
+    jax = self.jax
     c0 = time.process_time()
     t0 = time.perf_counter()
-    sums = jax.device_put(train.zero_sums(), self.replicated)
+    sums = self.programs.replicate(self.zero_sums())
     done = 0
     while done < steps:
       if self.cursor + self.chunk > self.steps_per_epoch:  # New epoch: a fresh permutation.

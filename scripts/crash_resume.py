@@ -4,7 +4,7 @@
 
 1. Writes a small IDX folder: the first `--num_train`/`--num_test` images of `--data_dir`.
 2. Runs `train.py` once without interruption (the reference), timing each phase through the
-   opt-in markers of train.phase_marker (S6JAX_PHASE_MARKERS=1).
+   opt-in markers of hooks.phase_marker (S6JAX_PHASE_MARKERS=1).
 3. Runs it again in a fresh workdir and SIGKILLs it at `--kills` moments in increasing order
    (start-up, compilation, a train step, evaluation, checkpoint writing, the final evaluation),
    each a random fraction into that phase, restarting with the same workdir after each kill

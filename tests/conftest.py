@@ -29,7 +29,7 @@ SLOW_FILES = {
 # compile every probe net, or write real orbax checkpoints.
 SLOW_CLASSES = {
   'ScriptTest', 'LibreOfficeTest', 'CheckWorkbookCommandTest', 'DownloadTest',
-  'CheckpointIntegrityTest',
+  'CheckpointIntegrityTest', 'EveryNetCompilesTest', 'RandomShapesTest',
 }  # fmt: skip
 
 

@@ -43,33 +43,6 @@ class MlpTest(chex.TestCase):
       chex.assert_trees_all_equal_shapes_and_dtypes(hand, layers)
       chex.assert_trees_all_close(auto, hand, rtol=rtol, atol=atol)
 
-  def test_delta_rule_on_random_shapes(self):
-    """25 random architectures (depth 1-4, widths 1-9, batch 1-8), float64."""
-    rtol, atol = backprop_check.GRAD_TOLERANCES['float64']
-    rng = np.random.default_rng(0)
-
-    @jax.jit  # One compile per shape, both gradients in it: eager mode would compile every op.
-    def both_gradients(layers, x, t):
-      return mlp.autodiff_gradients(layers, x, t), mlp.hand_gradients(layers, x, t)
-
-    with jax.enable_x64(True):
-      for case in range(25):
-        widths = tuple(int(n) for n in rng.integers(1, 10, size=rng.integers(2, 6)))
-        batch = int(rng.integers(1, 9))
-        use_bias = bool(case % 2)
-        layers = [
-          {'w': rng.normal(size=(n_in, n_out)) / np.sqrt(n_in)}
-          | ({'b': rng.normal(size=n_out)} if use_bias else {})
-          for n_in, n_out in zip(widths[:-1], widths[1:], strict=True)
-        ]
-        x = rng.uniform(-1, 1, size=(batch, widths[0]))
-        t = rng.uniform(0, 1, size=(batch, widths[-1]))
-        auto, hand = both_gradients(layers, x, t)
-        chex.assert_trees_all_close(
-          auto, hand, rtol=rtol, atol=atol, custom_message=f'widths={widths}, batch={batch}'
-        )
-        chex.assert_trees_all_equal_shapes(hand, layers)
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_toy_formulas_agree_with_delta_rule(self):
     """The 2-2-2 hand formulas, the delta rule and the losses agree on 1024 random cases."""
@@ -100,6 +73,37 @@ class MlpTest(chex.TestCase):
       x = jnp.asarray([toy.COURSE_INPUTS], jnp.float64)
       t = jnp.asarray([toy.COURSE_TARGETS], jnp.float64)
       np.testing.assert_allclose(mlp.loss(layers, x, t), toy.COURSE_E_TOTAL, rtol=1e-15)
+
+
+class RandomShapesTest(absltest.TestCase):
+  """Slow tier: a compile per random shape."""
+
+  def test_delta_rule_on_random_shapes(self):
+    """25 random architectures (depth 1-4, widths 1-9, batch 1-8), float64."""
+    rtol, atol = backprop_check.GRAD_TOLERANCES['float64']
+    rng = np.random.default_rng(0)
+
+    @jax.jit  # One compile per shape, both gradients in it: eager mode would compile every op.
+    def both_gradients(layers, x, t):
+      return mlp.autodiff_gradients(layers, x, t), mlp.hand_gradients(layers, x, t)
+
+    with jax.enable_x64(True):
+      for case in range(25):
+        widths = tuple(int(n) for n in rng.integers(1, 10, size=rng.integers(2, 6)))
+        batch = int(rng.integers(1, 9))
+        use_bias = bool(case % 2)
+        layers = [
+          {'w': rng.normal(size=(n_in, n_out)) / np.sqrt(n_in)}
+          | ({'b': rng.normal(size=n_out)} if use_bias else {})
+          for n_in, n_out in zip(widths[:-1], widths[1:], strict=True)
+        ]
+        x = rng.uniform(-1, 1, size=(batch, widths[0]))
+        t = rng.uniform(0, 1, size=(batch, widths[-1]))
+        auto, hand = both_gradients(layers, x, t)
+        chex.assert_trees_all_close(
+          auto, hand, rtol=rtol, atol=atol, custom_message=f'widths={widths}, batch={batch}'
+        )
+        chex.assert_trees_all_equal_shapes(hand, layers)
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@ in train_test.py.
 
 import concurrent.futures
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -222,6 +223,60 @@ class CommandLineTest(parameterized.TestCase):
         self.assertNotIn('Traceback', proc.stderr)
         self.assertNotIn('Compiled', proc.stderr)
     self.assertFalse(os.path.exists(f'{tmp}/run/checkpoints'))
+
+
+# train.py's command line, with the disk filling up as epoch 2's metrics line is written.
+_FULL_DISK = """
+import errno, os, sys
+from absl import app
+import cli, metrics, train
+
+real_write_text, calls = metrics.write_text, []
+
+def write_text(path, text):
+  calls.append(path) if path.endswith('metrics.jsonl') else None
+  if len(calls) != 3 or not path.endswith('metrics.jsonl'):  # Calls: open, epoch 1, epoch 2.
+    return real_write_text(path, text)
+
+  def half_then_full(tmp):
+    with open(tmp, 'w') as f:
+      f.write(text[: len(text) // 2])
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
+
+  metrics.write_atomically(path, half_then_full)
+
+metrics.write_text = write_text
+cli.define_flags()
+app.run(train.main, flags_parser=cli.parse_flags)
+"""
+
+
+class FullDiskTest(absltest.TestCase):
+  def test_a_full_disk_is_one_line_and_the_rerun_resumes_losing_nothing(self):
+    tmp = self.create_tempdir().full_path
+    data_dir = testutil.write_idx_dir(os.path.join(tmp, 'data'), 64, 16)
+    flags = [
+      '--config=configs/gap.py', f'--workdir={tmp}/run', f'--config.data_dir={data_dir}',
+      '--config.batch_size=8', '--config.eval_batch_size=8', '--config.num_epochs=3',
+      '--config.steps_per_call=2', '--config.plots=False',
+    ]  # fmt: skip
+    run = functools.partial(
+      subprocess.run, cwd=testutil.REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    full = run([sys.executable, '-c', _FULL_DISK, *flags])
+    self.assertEqual(full.returncode, 1, full.stderr[-2000:])
+    self.assertNotIn('Traceback', full.stderr)
+    metrics_path = f'{tmp}/run/metrics.jsonl'
+    self.assertEqual(
+      full.stderr.strip().splitlines()[-1],
+      f'error: No space left on device ({metrics_path}); fix it and rerun to resume.',
+    )
+    self.assertEqual([r['epoch'] for r in _read_metrics(f'{tmp}/run')], [1])  # Intact.
+    self.assertEqual([f for f in os.listdir(f'{tmp}/run') if f.endswith('.tmp')], [])
+    done = run([sys.executable, 'train.py', *flags])
+    self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+    self.assertIn('Resuming from the checkpoint of epoch 2', done.stderr)  # Saved before the line.
+    self.assertEqual([r['epoch'] for r in _read_metrics(f'{tmp}/run')], [1, 2, 3])
 
 
 class InterruptTest(parameterized.TestCase):

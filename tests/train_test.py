@@ -13,6 +13,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 import checkpointing
+import compiled
 import errors
 import input_pipeline
 import metrics
@@ -75,8 +76,8 @@ class TrainStepTest(chex.TestCase):
   def test_multi_step_equals_repeated_single_steps(self):
     idx = jnp.arange(16, dtype=jnp.int32).reshape(2, 8)
     rng = jax.random.key(5)
-    multi, sums = train.train_steps(
-      self.state, train.zero_sums(), self.images, self.labels, idx, rng,
+    multi, sums = compiled.train_steps(
+      self.state, compiled.zero_sums(), self.images, self.labels, idx, rng,
       step_fn=train.train_step, unroll=True,
     )  # fmt: skip
     state = self.state
@@ -276,7 +277,7 @@ class TrainAndEvaluateTest(absltest.TestCase):
 _SHARDED_SCRIPT = """
 import functools, sys, jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
-import input_pipeline, train
+import compiled, input_pipeline, train
 from tests import testutil
 assert jax.device_count() == 4, jax.devices()
 data_dir, workdir = sys.argv[1:]
@@ -291,9 +292,9 @@ state = jax.device_put(state, NamedSharding(mesh, P()))
 idx = jnp.arange(8, dtype=jnp.int32).reshape(1, 8)
 params = []
 for sharding in (None, NamedSharding(mesh, P('data'))):
-  run = jax.jit(functools.partial(train.train_steps, step_fn=train.train_step, unroll=True,
+  run = jax.jit(functools.partial(compiled.train_steps, step_fn=train.train_step, unroll=True,
                                   batch_sharding=sharding))
-  params.append(run(state, train.zero_sums(), images, labels, idx, jax.random.key(1))[0].params)
+  params.append(run(state, compiled.zero_sums(), images, labels, idx, jax.random.key(1))[0].params)
 diff = max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
     lambda a, b: float(jnp.max(jnp.abs(a - b))), *params)))
 print('MAX_PARAM_DIFF', diff)

@@ -1,0 +1,208 @@
+"""How a run's steps execute on its devices: one 'data' mesh over every device, the multi-step
+train call (traced step by step on the CPU, one rolled `lax.scan` on accelerators), and every
+call compiled ahead of time. train.py supplies the step functions; bench/bench.py times the
+same `Programs`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import multihost
+from errors import NonFiniteError
+
+
+def zero_sums() -> dict[str, jax.Array]:
+  """Running sums carried across the steps of one epoch (first_bad_step -1: none yet)."""
+  return {
+    'loss_sum': jnp.zeros((), jnp.float32),
+    'correct': jnp.zeros((), jnp.int32),
+    'count': jnp.zeros((), jnp.int32),
+    'first_bad_step': jnp.full((), -1, jnp.int32),
+  }
+
+
+def train_steps(
+  state: Any,
+  sums: dict[str, jax.Array],
+  train_images: jax.Array,
+  train_labels: jax.Array,
+  batch_indices: jax.Array,
+  rng: jax.Array,
+  *,
+  step_fn: Callable,
+  unroll: bool,
+  batch_sharding: NamedSharding | None = None,
+) -> tuple[Any, dict[str, jax.Array]]:
+  """Runs `step_fn` over each row of `batch_indices` [K, B], all on device.
+
+  With `unroll` the K steps are traced one after another (the CPU driver); otherwise they run
+  as one rolled `lax.scan` (accelerators: a whole epoch in one compiled loop).
+
+  Each step gathers its batch from the on-device data set and uses rng fold_in(rng, step), so
+  a resumed run repeats the same randomness. After a non-finite step, later steps leave the
+  state unchanged and `first_bad_step` records the global step that failed.
+  """
+
+  def body(carry, idx):
+    state, sums = carry
+    images, labels = train_images[idx], train_labels[idx]
+    if batch_sharding is not None:
+      images = jax.lax.with_sharding_constraint(images, batch_sharding)
+      labels = jax.lax.with_sharding_constraint(labels, batch_sharding)
+    new_state, m = step_fn(state, images, labels, jax.random.fold_in(rng, state.step))
+    ok = m['finite'] & (sums['first_bad_step'] < 0)
+    state = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new_state, state)
+    sums = {
+      'loss_sum': sums['loss_sum'] + jnp.where(ok, m['loss_sum'], 0.0),
+      'correct': sums['correct'] + jnp.where(ok, m['correct'], 0),
+      'count': sums['count'] + jnp.where(ok, m['count'], 0),
+      'first_bad_step': jnp.where(
+        (sums['first_bad_step'] < 0) & ~m['finite'], state.step, sums['first_bad_step']
+      ),
+    }
+    return (state, sums), None
+
+  if unroll:
+    carry = (state, sums)
+    for i in range(batch_indices.shape[0]):
+      carry, _ = body(carry, batch_indices[i])
+    return carry
+  (state, sums), _ = jax.lax.scan(body, (state, sums), batch_indices)
+  return state, sums
+
+
+def epoch_batches(rng: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
+  """A fresh permutation as [steps, batch] indices; the last partial batch is dropped."""
+  steps = num_examples // batch_size
+  return jax.random.permutation(rng, num_examples)[: steps * batch_size].reshape(steps, batch_size)
+
+
+def default_steps_per_call(steps_per_epoch: int) -> tuple[int, bool]:
+  """(steps per jitted call, unroll) for this backend.
+
+  XLA:CPU runs a rolled `lax.scan` body ~20x slower than the same step called on its own: in a
+  loop body it leaves most weight-gradient convolutions in a layout only its slow generic
+  emitter handles (bench/README.md). A scan of length 1 is lowered the same way, so on the
+  CPU the steps are traced directly instead (`unroll`), 8 per call. Accelerators run the whole
+  epoch as one rolled scan: no host round-trip per step.
+  """
+  if jax.default_backend() == 'cpu':
+    return min(8, steps_per_epoch), True
+  return steps_per_epoch, False
+
+
+def data_shardings() -> tuple[NamedSharding, NamedSharding]:
+  """(replicated, batch-sharded) over one 'data' mesh axis of every device."""
+  mesh = jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+  return NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+
+
+@dataclasses.dataclass(frozen=True)
+class Programs:
+  """The compiled calls of a run, built once by `compile_programs` (bench/bench.py times these)."""
+
+  replicated: NamedSharding  # State and data set: a full copy on every device.
+  replicate: Callable  # tree -> the tree on `replicated`, from host or single-device values.
+  chunk: int  # Train steps per call (the last call of an epoch may run fewer).
+  train_calls: dict[int, Callable]  # steps K -> (state, sums, images, labels, idx[K, B], rng).
+  make_batches: Callable  # rng -> [steps, batch] indices of one epoch.
+  eval_fn: Callable  # What the test accuracy is computed with (the EMA weights when on).
+  raw_eval_fn: Callable  # The trained weights.
+  compile_seconds: float
+
+
+def compile_programs(
+  config: ml_collections.ConfigDict,
+  state: Any,
+  train_images: jax.Array,
+  train_labels: jax.Array,
+  step_fn: Callable,
+  eval_step: Callable,
+) -> Programs:
+  """Jits and compiles, ahead of time, every call a run makes, over a 'data' mesh of every
+  device: batches sharded, state and data set replicated. Auto axes: the step carries one
+  sharding constraint on the batch, and XLA's partitioner inserts the all-reduces.
+
+  step_fn: (state, images_u8, labels, rng) -> (state, metrics), as train.train_step.
+  eval_step: (state, images_u8, labels, mask, *, ema) -> sums and predictions.
+  """
+  num_train = len(train_labels)
+  steps_per_epoch = num_train // config.batch_size
+  chunk, unroll = default_steps_per_call(steps_per_epoch)
+  if config.steps_per_call:
+    chunk = min(config.steps_per_call, steps_per_epoch)
+  replicated, batch_sharding = data_shardings()
+  replicate = multihost.replicator(replicated)
+  multi_step = jax.jit(
+    functools.partial(
+      train_steps,
+      step_fn=step_fn,
+      unroll=unroll,
+      batch_sharding=batch_sharding if jax.device_count() > 1 else None,
+    ),
+    donate_argnums=(0, 1),
+  )
+  t0 = time.perf_counter()
+  sums, rng = replicate(zero_sums()), jax.random.key(0)
+  train_calls = {}
+  for k in {chunk, steps_per_epoch % chunk} - {0}:
+    idx = jax.ShapeDtypeStruct((k, config.batch_size), jnp.int32)
+    lowered = multi_step.lower(state, sums, train_images, train_labels, idx, rng)
+    train_calls[k] = lowered.compile()
+  # Each device holds only its own columns of the [steps, batch] indices: its rows of every
+  # batch, gathered on device from the resident data set.
+  index_sharding = NamedSharding(replicated.mesh, P(None, 'data'))
+  make_batches = jax.jit(epoch_batches, static_argnums=(1, 2), out_shardings=index_sharding)
+  return Programs(
+    replicated=replicated,
+    replicate=replicate,
+    chunk=chunk,
+    train_calls=train_calls,
+    make_batches=make_batches.lower(rng, num_train, config.batch_size).compile(),
+    eval_fn=jax.jit(functools.partial(eval_step, ema=config.ema_decay > 0)),
+    raw_eval_fn=jax.jit(eval_step),
+    compile_seconds=time.perf_counter() - t0,
+  )
+
+
+def train_epoch(
+  programs: Programs,
+  state: Any,
+  data: tuple[jax.Array, jax.Array],
+  batches: jax.Array,
+  rng: jax.Array,
+  progress: Callable[[int], Any] = lambda k: None,
+  *,
+  resume: tuple[int, dict[str, jax.Array]] | None = None,
+  stop: Callable[[int], bool] = lambda step: False,
+) -> tuple[Any, dict[str, jax.Array], int]:
+  """Runs one epoch's `batches` through the compiled calls: (state, device sums, steps done).
+
+  `resume` = (steps already done, their sums) continues an epoch stopped part-way. After each
+  call, `stop(global step)` may end the epoch early (a preemption); the caller sees fewer steps
+  done than `len(batches)`. NonFiniteError if a step's loss or gradient was not finite (the
+  state then holds the last good step's weights, which the caller does not save)."""
+  done, sums = resume or (0, programs.replicate(zero_sums()))
+  first_step = int(state.step) - done
+  steps = len(batches)
+  while done < steps:
+    k = min(programs.chunk, steps - done)
+    state, sums = programs.train_calls[k](state, sums, *data, batches[done : done + k], rng)
+    progress(k)
+    done += k
+    if done < steps and stop(first_step + done):
+      break
+  if jax.device_get(sums['first_bad_step']) >= 0:  # The only host sync of the epoch.
+    raise NonFiniteError(f'Non-finite loss or gradient at step {int(sums["first_bad_step"])}')
+  return state, sums, done
