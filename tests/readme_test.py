@@ -90,11 +90,13 @@ class ReadmeTest(absltest.TestCase):
     for run_dir in sorted(glob.glob(os.path.join(RUNS, '*'))):
       name = os.path.basename(run_dir)
       expected = importlib.import_module(f'configs.{name}').get_config().to_dict()
+      expected['arch'] = cnn.layers_of(expected['arch'])
       for path in sorted(glob.glob(os.path.join(run_dir, 'seed*', 'summary.json'))):
         with open(path) as f:
           saved = json.load(f)['config']
         saved = {**FIELDS_ADDED_LATER, **saved}
-        saved['arch'] = RENAMED_ARCHS.get(saved['arch'], saved['arch'])
+        # The same layers under a name or a spec: nets.cnn.layers_of resolves both.
+        saved['arch'] = cnn.layers_of(RENAMED_ARCHS.get(saved['arch'], saved['arch']))
         with self.subTest(run=os.path.relpath(path, RUNS)):
           self.assertEqual(
             {k: v for k, v in saved.items() if k not in RUN_LOCAL_FIELDS},
