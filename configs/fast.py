@@ -1,4 +1,4 @@
-"""Fast config: the fewest train steps to >= 99.4 % (issue 4's seconds-on-a-GPU target).
+"""Fast config: the fewest train steps to >= 99.4 % (for seconds of training on a GPU).
 
 Command:
 
