@@ -1,5 +1,6 @@
 """Tests for nets/cnn.py: parameter count, shapes, summary table, the pure apply function."""
 
+import functools
 import os
 import re
 
@@ -114,22 +115,10 @@ class CnnTest(parameterized.TestCase):
     rows = cnn.summary(model)
     flat = next(r for r in rows if 'flatten' in r['layer'])
     self.assertEqual(flat['output'], (5 * 5 * channels,))
-    params = cnn.init(model, jax.random.key(0))['params']
+    params = jax.eval_shape(lambda: cnn.init(model, jax.random.key(0)))['params']
     dense = params['Dense_0']['kernel']
     chex.assert_shape(dense, (5 * 5 * channels, 10))  # One weight per position and channel.
     self.assertEqual(rows[-1]['receptive_field'], 40)  # The head sees the whole map.
-
-  def test_train_mode_updates_batch_stats_and_eval_is_deterministic(self):
-    model = cnn.build('gap')
-    variables = cnn.init(model, jax.random.key(0))
-    images = jax.random.normal(jax.random.key(2), (8, 28, 28, 1))
-    _, stats = cnn.apply(model, variables, images, train=True)
-    leaves_old = jax.tree_util.tree_leaves(variables['batch_stats'])
-    leaves_new = jax.tree_util.tree_leaves(stats)
-    self.assertTrue(any(not np.allclose(a, b) for a, b in zip(leaves_old, leaves_new, strict=True)))
-    a, _ = cnn.apply(model, variables, images, train=False)
-    b, _ = cnn.apply(model, variables, images, train=False)
-    np.testing.assert_array_equal(a, b)
 
   def test_max_pool_matches_flax(self):
     x = jax.random.normal(jax.random.key(0), (3, 15, 14, 4))  # 15: a ragged edge, dropped.
@@ -154,6 +143,19 @@ class EveryNetCompilesTest(parameterized.TestCase):
   @parameterized.named_parameters((name, name) for name in CONFIG_NETS)
   def test_output_shapes(self, arch):
     assert_output_shapes(arch)
+
+  def test_train_mode_updates_batch_stats_and_eval_is_deterministic(self):
+    model = cnn.build('tiny')  # The smallest net: one compile of each mode, nothing eager.
+    variables = jax.jit(functools.partial(cnn.init, model))(jax.random.key(0))
+    images = jax.random.normal(jax.random.key(2), (8, 28, 28, 1))
+    apply = jax.jit(functools.partial(cnn.apply, model), static_argnames='train')
+    _, stats = apply(variables, images, train=True)
+    leaves_old = jax.tree_util.tree_leaves(variables['batch_stats'])
+    leaves_new = jax.tree_util.tree_leaves(stats)
+    self.assertTrue(any(not np.allclose(a, b) for a, b in zip(leaves_old, leaves_new, strict=True)))
+    a, _ = apply(variables, images, train=False)
+    b, _ = apply(variables, images, train=False)
+    np.testing.assert_array_equal(a, b)
 
 
 if __name__ == '__main__':
