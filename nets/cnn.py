@@ -83,6 +83,21 @@ ARCHITECTURES: dict[str, tuple[Layer, ...]] = {
   # Tiny6 (6,202 params, configs/tiny6.py): tiny with 12 channels in its second conv and a
   # spatial head on a 4-channel 5x5 map (dense on 100 values) instead of GAP.
   'tiny6': (conv(8), conv(12), POOL, conv(8, 1), conv(16), conv(16), POOL, *spatial_head(4)),
+  # Mid (7,786 params, configs/mid.py): tiny6 with an 8-channel head conv (dense on 200 values)
+  # and dropout before the classifier.
+  'mid': (
+    conv(8),
+    conv(12),
+    POOL,
+    conv(8, 1),
+    conv(16),
+    conv(16),
+    POOL,
+    conv(8, 3, 'VALID'),
+    FLATTEN,
+    DROPOUT,
+    HEAD,
+  ),
 }
 
 # Layer-spec tokens: c<N> (3x3 conv-BN-ReLU, N channels), c<N>k<K> (KxK), c<N>v (3x3 VALID),

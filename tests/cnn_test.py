@@ -19,6 +19,7 @@ EXPECTED_PARAMS = {
   'spatial': 19_290,
   'tiny': 7_442,
   'tiny6': 6_202,
+  'mid': 7_786,
 }
 CONFIG_NETS = tuple(EXPECTED_PARAMS)
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'docs', 'experiments.md')
