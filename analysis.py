@@ -98,6 +98,7 @@ if __name__ == '__main__':
 
   def main(argv):
     del argv
+    checkpointing.ignore_closed_event_loop_noise()
     try:
       result = analyse_workdir(flags.FLAGS.workdir, flags.FLAGS.data_dir)
     except UserError as e:

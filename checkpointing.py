@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sys
 import time
 from typing import Any
 
@@ -40,6 +41,26 @@ def quiet_orbax(level: int = logging.WARNING):
     yield
   finally:
     logger.setLevel(old_level)
+
+
+def ignore_closed_event_loop_noise() -> None:
+  """Keeps one kind of library noise off the terminal of a command-line run.
+
+  When orbax fails to read a damaged checkpoint, tensorstore can still complete a read in
+  its own thread after orbax's asyncio loop has closed; the callback's `RuntimeError: Event
+  loop is closed` then reaches `sys.unraisablehook`, which prints a traceback after the run's
+  own message. The failure itself is reported (restore_latest); every other unraisable
+  exception still goes to the default hook.
+  """
+
+  def hook(unraisable):
+    closed = isinstance(unraisable.exc_value, RuntimeError) and (
+      str(unraisable.exc_value) == 'Event loop is closed'
+    )
+    if not closed:
+      sys.__unraisablehook__(unraisable)
+
+  sys.unraisablehook = hook
 
 
 def checkpoint_manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager:

@@ -18,6 +18,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+import checkpointing
 import multihost
 from errors import ConfigError, Preempted, UserError
 
@@ -57,6 +58,7 @@ def define_flags() -> None:
 def run(train_fn: Callable[[ml_collections.ConfigDict, str], object]) -> None:
   """Runs `train_fn(config, workdir)` from the parsed flags; never returns on an error."""
   signal.signal(signal.SIGINT, exit_on_interrupt)
+  checkpointing.ignore_closed_event_loop_noise()
   try:
     config = load_config(FLAGS)
     several = FLAGS.coordinator_address or FLAGS.distributed == 'auto'

@@ -1,5 +1,5 @@
 """Faults a whole run must survive: SIGKILL anywhere, a damaged workdir, two trainers, bad
-flags, Ctrl-C, NaN gradients.
+flags, Ctrl-C, NaN gradients, a full disk, and what the terminal shows when checkpoints fail.
 
 Damage to single checkpoints is in checkpointing_test.py; bad data files and the IDX fuzzer
 in input_pipeline_test.py; a NaN loss stopping training end to end and the in-process resume
@@ -277,6 +277,35 @@ class FullDiskTest(absltest.TestCase):
     self.assertEqual(done.returncode, 0, done.stderr[-2000:])
     self.assertIn('Resuming from the checkpoint of epoch 2', done.stderr)  # Saved before the line.
     self.assertEqual([r['epoch'] for r in _read_metrics(f'{tmp}/run')], [1, 2, 3])
+
+
+class TerminalTest(absltest.TestCase):
+  def test_every_checkpoint_damaged_is_one_error_line_without_library_noise(self):
+    """orbax/tensorstore's failures (and asyncio's "Exception ignored") stay off the terminal."""
+    tmp = self.create_tempdir().full_path
+    data_dir = testutil.write_idx_dir(os.path.join(tmp, 'data'), 64, 16)
+    argv = [
+      sys.executable, 'train.py', '--config=configs/gap.py', f'--workdir={tmp}/run',
+      f'--config.data_dir={data_dir}', '--config.batch_size=8', '--config.eval_batch_size=8',
+      '--config.num_epochs=1', '--config.steps_per_call=2', '--config.plots=False',
+    ]  # fmt: skip
+    run = functools.partial(
+      subprocess.run, argv, cwd=testutil.REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    self.assertEqual(run().returncode, 0)
+    item = os.path.join(tmp, 'run', 'checkpoints', '1', 'default')
+    for folder, _, files in os.walk(item):
+      if os.path.basename(folder) == 'd':  # The array data files.
+        for name in files:
+          os.unlink(os.path.join(folder, name))
+    rerun = run()
+    self.assertEqual(rerun.returncode, 1, rerun.stderr[-2000:])
+    lines = rerun.stderr.strip().splitlines()
+    self.assertStartsWith(lines[-1], 'error: ')
+    self.assertIn('checkpoint', lines[-1])
+    for noise in ('Traceback', 'Exception ignored', 'Event loop is closed'):
+      self.assertNotIn(noise, rerun.stderr)
+    self.assertLess(len(lines), 40, rerun.stderr)
 
 
 class InterruptTest(parameterized.TestCase):
