@@ -225,6 +225,16 @@ class CommandLineTest(parameterized.TestCase):
     self.assertFalse(os.path.exists(f'{tmp}/run/checkpoints'))
 
 
+def _small_run_flags(tmp: str, epochs: int) -> list[str]:
+  """train.py flags for a run of `epochs` on 64 generated images, its workdir TMP/run."""
+  data_dir = testutil.write_idx_dir(os.path.join(tmp, 'data'), 64, 16)
+  return [
+    '--config=configs/gap.py', f'--workdir={tmp}/run', f'--config.data_dir={data_dir}',
+    '--config.batch_size=8', '--config.eval_batch_size=8', f'--config.num_epochs={epochs}',
+    '--config.steps_per_call=2', '--config.plots=False',
+  ]  # fmt: skip
+
+
 # train.py's command line, with the disk filling up as epoch 2's metrics line is written.
 _FULL_DISK = """
 import errno, os, sys
@@ -254,12 +264,7 @@ app.run(train.main, flags_parser=cli.parse_flags)
 class FullDiskTest(absltest.TestCase):
   def test_a_full_disk_is_one_line_and_the_rerun_resumes_losing_nothing(self):
     tmp = self.create_tempdir().full_path
-    data_dir = testutil.write_idx_dir(os.path.join(tmp, 'data'), 64, 16)
-    flags = [
-      '--config=configs/gap.py', f'--workdir={tmp}/run', f'--config.data_dir={data_dir}',
-      '--config.batch_size=8', '--config.eval_batch_size=8', '--config.num_epochs=3',
-      '--config.steps_per_call=2', '--config.plots=False',
-    ]  # fmt: skip
+    flags = _small_run_flags(tmp, epochs=3)
     run = functools.partial(
       subprocess.run, cwd=testutil.REPO_ROOT, capture_output=True, text=True, timeout=300
     )
@@ -283,12 +288,7 @@ class TerminalTest(absltest.TestCase):
   def test_every_checkpoint_damaged_is_one_error_line_without_library_noise(self):
     """orbax/tensorstore's failures (and asyncio's "Exception ignored") stay off the terminal."""
     tmp = self.create_tempdir().full_path
-    data_dir = testutil.write_idx_dir(os.path.join(tmp, 'data'), 64, 16)
-    argv = [
-      sys.executable, 'train.py', '--config=configs/gap.py', f'--workdir={tmp}/run',
-      f'--config.data_dir={data_dir}', '--config.batch_size=8', '--config.eval_batch_size=8',
-      '--config.num_epochs=1', '--config.steps_per_call=2', '--config.plots=False',
-    ]  # fmt: skip
+    argv = [sys.executable, 'train.py', *_small_run_flags(tmp, epochs=1)]
     run = functools.partial(
       subprocess.run, argv, cwd=testutil.REPO_ROOT, capture_output=True, text=True, timeout=300
     )
@@ -315,12 +315,7 @@ class InterruptTest(parameterized.TestCase):
   )
   def test_ctrl_c_is_one_line_then_the_rerun_resumes(self, marker, rerun_says):
     tmp = self.create_tempdir().full_path
-    data_dir = testutil.write_idx_dir(os.path.join(tmp, 'data'), 64, 16)
-    argv = [
-      sys.executable, 'train.py', '--config=configs/gap.py', f'--workdir={tmp}/run',
-      f'--config.data_dir={data_dir}', '--config.batch_size=8', '--config.eval_batch_size=8',
-      '--config.num_epochs=2', '--config.steps_per_call=2', '--config.plots=False',
-    ]  # fmt: skip
+    argv = [sys.executable, 'train.py', *_small_run_flags(tmp, epochs=2)]
     env = {**os.environ, 'S6JAX_PHASE_MARKERS': '1'}
     proc = subprocess.Popen(
       argv, cwd=testutil.REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True
