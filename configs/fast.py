@@ -2,8 +2,8 @@
 
 Command:
 
-  python scripts/seeds.py --config=configs/fast.py --seeds=0,1,2,3,4 --root=workdirs/fast \
-      -- --config.data_dir=../shared/mnist
+  python scripts/seeds.py --config=configs/fast.py --seeds=0,1,2,3,4,5,6,7,8,9 \
+      --root=workdirs/fast -- --config.data_dir=../shared/mnist
 
 On a GPU a step of this small net costs about the same at batch 64 or 256 (the chip is far
 from full), so time to a target accuracy follows the number of steps, not of images. The default

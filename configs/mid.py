@@ -5,7 +5,10 @@ Command:
   python scripts/seeds.py --config=configs/mid.py --seeds=0,1,2,3,4,5,6,7,8,9 \
       --root=workdirs/mid -- --config.data_dir=../shared/mnist
 
-Target: < 8,000 parameters, mean final test accuracy >= 99.5 % over seeds 0-9. The net is
+Target: < 8,000 parameters, mean final test accuracy >= 99.5 % over seeds 0-9. Result (2-core
+AMD EPYC CPU, docs/runs/mid): every seed >= 99.4 % with its last 3 epochs all >= 99.4 % (lowest
+99.40 %), the tiny bar that tiny and tiny6 miss; mean final 99.499 %, 0.001 % (one prediction
+in 100,000) short of 99.5 %. The net is
 tiny6's with an 8-channel head conv (a dense layer on 200 values) and dropout 0.1 before the
 classifier, as the default has: on seed 8, the seed where tiny and tiny6 miss 99.4 %, the same
 net ended at 99.38 % without dropout and 99.43 % with it (docs/experiments.md).
