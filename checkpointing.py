@@ -74,11 +74,14 @@ def checkpoint_manager(workdir: str, keep: int, create: bool = True) -> ocp.Chec
   return _manager(os.path.join(workdir, 'checkpoints'), keep, writable=create)
 
 
-def _manager(directory: Any, keep: int | None, writable: bool) -> ocp.CheckpointManager:
-  """A synchronous orbax manager; only a writable one creates the folder and cleans leftovers."""
+def _manager(
+  directory: Any, keep: int | None, writable: bool, create: bool | None = None
+) -> ocp.CheckpointManager:
+  """A synchronous orbax manager; only a writable one cleans leftovers, and creates the folder
+  now unless `create` is False (its first save creates it then)."""
   options = ocp.CheckpointManagerOptions(
     max_to_keep=keep,
-    create=writable,
+    create=writable if create is None else create,
     enable_async_checkpointing=False,
     cleanup_tmp_directories=writable,
   )
@@ -263,8 +266,9 @@ def checkpoint_record(manager: ocp.CheckpointManager, epoch: int) -> dict[str, A
 
 def preempted_manager(workdir: str) -> ocp.CheckpointManager:
   """Orbax manager for workdir/preempted: the one checkpoint of a run stopped inside an epoch,
-  numbered by its global step (the epoch checkpoints stay in workdir/checkpoints)."""
-  return _manager(os.path.join(workdir, 'preempted'), 1, writable=True)
+  numbered by its global step (the epoch checkpoints stay in workdir/checkpoints). The folder
+  appears only when a run is stopped inside an epoch."""
+  return _manager(os.path.join(workdir, 'preempted'), 1, writable=True, create=False)
 
 
 def save_preempted(

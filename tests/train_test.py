@@ -212,6 +212,8 @@ class TrainAndEvaluateTest(absltest.TestCase):
       self.assertIn(key, records[0])
     self.assertTrue(os.listdir(os.path.join(self.workdir, 'tb')))
     self.assertEqual(sorted(os.listdir(os.path.join(self.workdir, 'checkpoints'))), ['1', '2'])
+    # workdir/preempted appears only for a run stopped inside an epoch (multiprocess_test).
+    self.assertFalse(os.path.exists(os.path.join(self.workdir, 'preempted')))
     # Every test image counted: 20 is not a multiple of the eval batch (8).
     self.assertAlmostEqual(s['final_test_accuracy'] * 20, round(s['final_test_accuracy'] * 20))
 
