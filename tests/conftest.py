@@ -4,14 +4,35 @@ absltest helpers (create_tempdir, ...) read absl flags, so they are marked parse
 files that train, start subprocesses or regenerate the docs are marked `slow`: `make quick`
 (pytest -m 'not slow') runs the rest, the unit tier (170 tests, 52 s on the quiet 2-core
 machine); `make test` and CI run everything.
+
+The session shares one persistent XLA compilation cache, a fresh temporary folder, with every
+process it starts (through the JAX_* variables, which subprocesses inherit): many tests compile
+the same small programs, and a cache hit skips most of XLA's compile. S6JAX_TEST_COMPILE_CACHE=0
+turns it off.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 from absl import flags
 
 flags.FLAGS.mark_as_parsed()
+
+
+def _share_compilation_cache() -> None:
+  if os.environ.get('S6JAX_TEST_COMPILE_CACHE', '1') == '0':
+    return
+  folder = tempfile.mkdtemp(prefix='s6jax_test_xla_cache_')
+  atexit.register(shutil.rmtree, folder, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = folder
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'  # Cache every program.
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+
+
+_share_compilation_cache()  # Before any test module imports jax, which reads the variables.
 
 SLOW_FILES = {
   'analysis_test.py',

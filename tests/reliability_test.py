@@ -316,7 +316,8 @@ class InterruptTest(parameterized.TestCase):
   def test_ctrl_c_is_one_line_then_the_rerun_resumes(self, marker, rerun_says):
     tmp = self.create_tempdir().full_path
     argv = [sys.executable, 'train.py', *_small_run_flags(tmp, epochs=2)]
-    env = {**os.environ, 'S6JAX_PHASE_MARKERS': '1'}
+    # No compilation cache: a cache hit could finish compiling before the signal lands.
+    env = {**os.environ, 'S6JAX_PHASE_MARKERS': '1', 'JAX_ENABLE_COMPILATION_CACHE': 'false'}
     proc = subprocess.Popen(
       argv, cwd=testutil.REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True
     )
