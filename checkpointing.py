@@ -71,19 +71,19 @@ def checkpoint_manager(workdir: str, keep: int, create: bool = True) -> ocp.Chec
   `create=False` (a reader such as analysis.py) it creates and removes nothing, so it can
   read a run that is still saving.
   """
-  return _manager(os.path.join(workdir, 'checkpoints'), keep, writable=create)
+  return _manager(os.path.join(workdir, 'checkpoints'), keep, create=create, clean=create)
 
 
 def _manager(
-  directory: Any, keep: int | None, writable: bool, create: bool | None = None
+  directory: Any, keep: int | None, *, create: bool, clean: bool
 ) -> ocp.CheckpointManager:
-  """A synchronous orbax manager; only a writable one cleans leftovers, and creates the folder
-  now unless `create` is False (its first save creates it then)."""
+  """A synchronous orbax manager. `create`: make the folder now (else its first save does);
+  `clean`: remove the temporary folders an interrupted save left (for a writer only)."""
   options = ocp.CheckpointManagerOptions(
     max_to_keep=keep,
-    create=writable if create is None else create,
+    create=create,
     enable_async_checkpointing=False,
-    cleanup_tmp_directories=writable,
+    cleanup_tmp_directories=clean,
   )
   return ocp.CheckpointManager(directory, options=options)
 
@@ -178,7 +178,7 @@ def _identity_problem(identity: Any, step: int, run: dict[str, Any] | None) -> s
 def _reader(directory: Any) -> ocp.CheckpointManager:
   """A manager that only reads: one per step restored, since a manager that met a broken step
   folder (empty, or without its item) refuses every later restore."""
-  return _manager(directory, None, writable=False)
+  return _manager(directory, None, create=False, clean=False)
 
 
 def restore_latest(
@@ -268,7 +268,7 @@ def preempted_manager(workdir: str) -> ocp.CheckpointManager:
   """Orbax manager for workdir/preempted: the one checkpoint of a run stopped inside an epoch,
   numbered by its global step (the epoch checkpoints stay in workdir/checkpoints). The folder
   appears only when a run is stopped inside an epoch."""
-  return _manager(os.path.join(workdir, 'preempted'), 1, writable=True, create=False)
+  return _manager(os.path.join(workdir, 'preempted'), 1, create=False, clean=True)
 
 
 def save_preempted(
