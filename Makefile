@@ -24,12 +24,16 @@ install-test: $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/bin/python)
 train: install
 	$(PYTHON) train.py --config=configs/mnist.py --workdir=$(WORKDIR) $(DATA_ARG) $(ARGS)
 
+# -n auto: pytest-xdist runs the tests on a worker per core (at most 4, tests/conftest.py);
+# --dist loadscope keeps each test class on one worker, so its setUpClass runs once.
+XDIST := -n auto --dist loadscope
+
 test: install-test
-	$(PYTHON) -m pytest $(ARGS)
+	$(PYTHON) -m pytest $(XDIST) $(ARGS)
 
 # The unit tier, for the edit-run loop: no training, no subprocesses (tests/conftest.py).
 quick: install-test
-	$(PYTHON) -m pytest -m 'not slow' -q $(ARGS)
+	$(PYTHON) -m pytest $(XDIST) -m 'not slow' -q $(ARGS)
 
 lint:
 	$(PYTHON) -m ruff format --check . && $(PYTHON) -m ruff check .

@@ -25,8 +25,13 @@ flags.FLAGS.mark_as_parsed()
 def _share_compilation_cache() -> None:
   if os.environ.get('S6JAX_TEST_COMPILE_CACHE', '1') == '0':
     return
-  folder = tempfile.mkdtemp(prefix='s6jax_test_xla_cache_')
-  atexit.register(shutil.rmtree, folder, ignore_errors=True)
+  folder = os.environ.get('S6JAX_TEST_COMPILE_CACHE_DIR')
+  if not (os.environ.get('PYTEST_XDIST_WORKER') and folder and os.path.isdir(folder)):
+    # The session's first process (pytest, or xdist's controller) owns the folder; its
+    # xdist workers inherit the variables and share it.
+    folder = tempfile.mkdtemp(prefix='s6jax_test_xla_cache_')
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ['S6JAX_TEST_COMPILE_CACHE_DIR'] = folder
   os.environ['JAX_COMPILATION_CACHE_DIR'] = folder
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'  # Cache every program.
   os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
@@ -59,3 +64,12 @@ def pytest_collection_modifyitems(items):
     in_slow_class = getattr(item.cls, '__name__', None) in SLOW_CLASSES
     if os.path.basename(str(item.fspath)) in SLOW_FILES or in_slow_class:
       item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(optionalhook=True)  # Defined by pytest-xdist (the test extra).
+def pytest_xdist_auto_num_workers(config):
+  """`-n auto` (make test, make quick): a worker per usable core, at most 4. Each worker
+  imports JAX, and the multi-process tests start up to 4 training processes of their own."""
+  del config
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  return max(1, min(4, cores or 1))
