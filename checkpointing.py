@@ -287,14 +287,12 @@ def restore_preempted(
   """(state, (steps done, sums)) of a run stopped inside epoch `epoch`, if workdir/preempted
   holds a good checkpoint of it; None otherwise (none, another epoch's, or damaged: the
   epoch then restarts from its beginning)."""
-  with quiet_orbax():
-    manager.reload()
-    if not manager.all_steps():
-      return None
   try:
     restored, step = restore_latest(manager, {'state': state, 'sums': sums}, run, unit='step')
   except CheckpointError as e:
     logging.warning('Not resuming inside the epoch: %s', e)
+    return None
+  if step == 0:  # No checkpoint (one saved mid-epoch is at least one step in).
     return None
   with quiet_orbax(logging.ERROR):
     record = checkpoint_record(manager, step) or {}

@@ -5,10 +5,13 @@ files that train, start subprocesses or regenerate the docs are marked `slow`: `
 (pytest -m 'not slow') runs the rest, the unit tier (170 tests, 52 s on the quiet 2-core
 machine); `make test` and CI run everything.
 
+`make test` and `make quick` run the tests on pytest-xdist workers (`-n auto`, one per core up
+to 4, below); a plain `pytest` runs them in one process.
+
 The session shares one persistent XLA compilation cache, a fresh temporary folder, with every
-process it starts (through the JAX_* variables, which subprocesses inherit): many tests compile
-the same small programs, and a cache hit skips most of XLA's compile. S6JAX_TEST_COMPILE_CACHE=0
-turns it off.
+process it starts (through the JAX_* variables, which subprocesses and xdist workers inherit):
+many tests compile the same small programs, and a cache hit skips most of XLA's compile.
+S6JAX_TEST_COMPILE_CACHE=0 turns it off.
 """
 
 import atexit
