@@ -2,8 +2,8 @@
 
 absltest helpers (create_tempdir, ...) read absl flags, so they are marked parsed here. Test
 files that train, start subprocesses or regenerate the docs are marked `slow`: `make quick`
-(pytest -m 'not slow') runs the rest, the unit tier (170 tests, 52 s on the quiet 2-core
-machine); `make test` and CI run everything.
+(pytest -m 'not slow') runs the rest, the unit tier (170 tests, 24 s on two workers on the
+quiet 2-core Intel Xeon); `make test` and CI run everything.
 
 `make test` and `make quick` run the tests on pytest-xdist workers (`-n auto`, one per core up
 to 4, below); a plain `pytest` runs them in one process.
