@@ -211,6 +211,8 @@ HEADER = (
 def row(s: dict) -> str:
   first = s['first_epoch_at_target'] if s['first_epoch_at_target'] is not None else '—'
   hardware = f'{s["device_count"]}× {s["device_kind"]}'
+  if s['device_kind'] == 'cpu' and s.get('cpu_model'):  # Older summaries lack the CPU fields.
+    hardware += f' ({s["cpu_model"]}, {s["cpu_cores"]} cores)'
   return (
     f'| {s["seed"]} | {s["params"]:,} | {100 * s["best_test_accuracy"]:.2f} '
     f'| {100 * s["final_test_accuracy"]:.2f} | {100 * s["mean_last3_test_accuracy"]:.2f} '

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import platform
 import re
 import signal
 import sys
@@ -178,12 +179,31 @@ def describe(e: BaseException) -> str:
 def default_cpu_devices(batch_size: int, cores: int | None = None) -> int:
   """How many JAX devices to split a CPU host into: one per core, at most 8, fewest 1, and a
   count that divides `batch_size` (each device takes an equal share of every batch)."""
-  if not cores:  # The cores this process may use; macOS has no sched_getaffinity.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  cores = cores or usable_cores()
   for n in range(min(cores, 8), 0, -1):
     if batch_size % n == 0:
       return n
   return 1
+
+
+def usable_cores() -> int:
+  """The CPU cores this process may use (macOS has no sched_getaffinity: all of them)."""
+  if hasattr(os, 'sched_getaffinity'):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+  """This host's CPU model as the OS names it, '' where it does not. Runs on CPU devices
+  differ from model to model in speed and, through rounding, in every seed's result."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor()
 
 
 def replicator(sharding: jax.sharding.Sharding):

@@ -321,7 +321,8 @@ def finish(workdir, config, state, programs, history, test, num_params) -> dict[
   summary = metrics.summarize(
     history, final['accuracy'], params=num_params, arch=config.arch, seed=config.seed,
     compile_seconds=programs.compile_seconds, device_kind=jax.devices()[0].device_kind,
-    device_count=jax.device_count(), config=config.to_dict(),
+    device_count=jax.device_count(), cpu_model=multihost.cpu_model(),
+    cpu_cores=multihost.usable_cores(), config=config.to_dict(),
   )  # fmt: skip
   if multihost.is_primary():
     metrics.write_json(os.path.join(workdir, 'summary.json'), summary)

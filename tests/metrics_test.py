@@ -97,5 +97,29 @@ class SummarizeTest(absltest.TestCase):
     self.assertIsNone(s['first_epoch_at_target'])
 
 
+class RowTest(absltest.TestCase):
+  """A seed-table row names the hardware, and for CPU devices the CPU model and its cores."""
+
+  SUMMARY = {
+    'seed': 3, 'params': 7_786, 'best_test_accuracy': 0.9957, 'final_test_accuracy': 0.9954,
+    'mean_last3_test_accuracy': 0.9953, 'min_last3_test_accuracy': 0.9951,
+    'first_epoch_at_target': 5, 'epochs': 15, 'train_seconds': 1185.2, 'compile_seconds': 17.7,
+    'device_count': 1, 'device_kind': 'cpu',
+  }  # fmt: skip
+
+  def test_cpu_runs_name_the_cpu(self):
+    s = {**self.SUMMARY, 'cpu_model': 'Intel(R) Xeon(R) Processor', 'cpu_cores': 2}
+    self.assertEqual(
+      metrics.row(s),
+      '| 3 | 7,786 | 99.57 | 99.54 | 99.53 | 99.51 | 5 | 15 | 1185 | 18 '
+      '| 1× cpu (Intel(R) Xeon(R) Processor, 2 cores) |',
+    )
+
+  def test_accelerator_runs_and_older_summaries_name_the_devices_only(self):
+    gpu = {**self.SUMMARY, 'device_kind': 'NVIDIA H200', 'cpu_model': 'AMD EPYC', 'cpu_cores': 16}
+    self.assertTrue(metrics.row(gpu).endswith('| 1× NVIDIA H200 |'))
+    self.assertTrue(metrics.row(self.SUMMARY).endswith('| 1× cpu |'))
+
+
 if __name__ == '__main__':
   absltest.main()

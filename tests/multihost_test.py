@@ -1,6 +1,8 @@
 """multihost's single-process side: the CPU device count, and the calls that must be no-ops
 when there is one process (the multi-process side is tests/multiprocess_test.py)."""
 
+import builtins
+import io
 import types
 from unittest import mock
 
@@ -29,6 +31,22 @@ class DefaultCpuDevicesTest(parameterized.TestCase):
   def test_without_sched_getaffinity_uses_the_cpu_count(self):  # macOS
     with mock.patch.object(multihost, 'os', types.SimpleNamespace(cpu_count=lambda: 4)):
       self.assertEqual(multihost.default_cpu_devices(64), 4)
+
+
+class CpuModelTest(absltest.TestCase):
+  CPUINFO = 'processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R45\nflags\t: fpu\n'
+
+  def test_the_model_name_line_of_proc_cpuinfo(self):
+    with mock.patch.object(builtins, 'open', lambda *a, **k: io.StringIO(self.CPUINFO)):
+      self.assertEqual(multihost.cpu_model(), 'AMD EPYC 9R45')
+
+  def test_without_proc_cpuinfo_asks_the_platform(self):  # macOS, Windows
+    def missing(*args, **kwargs):
+      raise FileNotFoundError(args[0])
+
+    with mock.patch.object(builtins, 'open', missing):
+      with mock.patch.object(multihost.platform, 'processor', lambda: 'arm'):
+        self.assertEqual(multihost.cpu_model(), 'arm')
 
 
 class SingleProcessTest(absltest.TestCase):

@@ -17,6 +17,7 @@ import compiled
 import errors
 import input_pipeline
 import metrics
+import multihost
 import train
 from configs import mnist
 from tests import testutil
@@ -193,6 +194,8 @@ class TrainAndEvaluateTest(absltest.TestCase):
     self.assertEqual(s['epochs'], 2)
     self.assertEqual(s['params'], 17_946)
     self.assertEqual(s['device_count'], jax.device_count())
+    self.assertEqual(s['cpu_cores'], multihost.usable_cores())
+    self.assertEqual(s['cpu_model'], multihost.cpu_model())
     for key in (
       'best_test_accuracy',
       'final_test_accuracy',
