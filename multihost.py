@@ -203,7 +203,7 @@ def cpu_model() -> str:
           return line.split(':', 1)[1].strip()
   except OSError:
     pass
-  return platform.processor()
+  return platform.processor() or platform.machine()
 
 
 def replicator(sharding: jax.sharding.Sharding):

@@ -65,18 +65,6 @@ flags.DEFINE_integer('seed', 0, 'Seeds init, shuffling and augmentation (both si
 MAX_DEGREES, MAX_SHIFT = 7.0, 2.0  # configs/mnist.py's augmentation, used with --augment.
 
 
-def cpu_model() -> str:
-  """The CPU model name from /proc/cpuinfo (platform.processor() elsewhere)."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def median_rate(images: int, seconds: list[float]) -> float:
   return images / statistics.median(seconds)
 
@@ -290,6 +278,7 @@ def main(argv):
   import jax
 
   import input_pipeline
+  import multihost
 
   data = input_pipeline.get_datasets(FLAGS.data_dir)
   sides = {}
@@ -407,7 +396,7 @@ def main(argv):
       'backend': jax.default_backend(),
       'device_kind': jax.devices()[0].device_kind,
       'device_count': jax.device_count(),
-      'cpu_model': cpu_model(),
+      'cpu_model': multihost.cpu_model(),
       'cpu_cores': os.cpu_count(),
       'load_average_1min_at_end': os.getloadavg()[0],
     },
