@@ -7,13 +7,13 @@ import shutil
 import chex
 import jax
 import jax.numpy as jnp
-import pytest
 from absl.testing import absltest, parameterized
 
 import checkpointing
 import errors
 import train
 from configs import mnist
+from tests import testutil
 
 
 def _files(folder):
@@ -65,12 +65,7 @@ def _truncate(path):
     f.write(data[: len(data) // 2])
 
 
-# A failed orbax read can leave tensorstore a callback on orbax's closed event loop; train.py
-# keeps that traceback off the terminal (checkpointing.ignore_closed_event_loop_noise), and
-# pytest would report it as a warning against whichever test the callback lands in.
-@pytest.mark.filterwarnings(
-  r'ignore:Exception ignored in[\s\S]*Event loop is closed:pytest.PytestUnraisableExceptionWarning'
-)
+@testutil.IGNORE_CLOSED_EVENT_LOOP
 class CheckpointIntegrityTest(parameterized.TestCase):
   """The newest checkpoint damaged on disk: restore_latest falls back to the one before."""
 

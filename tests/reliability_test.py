@@ -54,6 +54,7 @@ class CrashResumeTest(absltest.TestCase):
     self.assertLen(result['kills'], 2)
 
 
+@testutil.IGNORE_CLOSED_EVENT_LOOP
 class RecoveryTest(parameterized.TestCase):
   """train_and_evaluate on a damaged workdir ends as if nothing had happened."""
 

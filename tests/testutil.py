@@ -9,10 +9,19 @@ import tempfile
 import threading
 
 import numpy as np
+import pytest
 from absl.testing import absltest
 
 import input_pipeline
 from configs import gap
+
+# For tests that restore damaged checkpoints: a failed orbax read can leave tensorstore a
+# callback on orbax's closed event loop. train.py keeps that traceback off the terminal
+# (checkpointing.ignore_closed_event_loop_noise); pytest would report it as a warning against
+# whichever test the callback lands in.
+IGNORE_CLOSED_EVENT_LOOP = pytest.mark.filterwarnings(
+  r'ignore:Exception ignored in[\s\S]*Event loop is closed:pytest.PytestUnraisableExceptionWarning'
+)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The real MNIST IDX files: ../shared/mnist beside the checkout (CI lays it there too).
