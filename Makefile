@@ -1,6 +1,7 @@
 # The two commands a newcomer needs (README): `make train` and `make test`.
 # Both work on a stock system: they make and use a project virtualenv (.venv, from
 # `python3 -m venv`), so neither needs `python` on PATH nor a writable system site-packages.
+# `pip install .` brings only the dependencies: the code runs in place from this checkout.
 # PYTHON=/path/to/python uses that interpreter (and its environment) instead of .venv.
 VENV ?= .venv
 PYTHON ?= $(VENV)/bin/python
@@ -16,10 +17,10 @@ $(VENV)/bin/python:
 	python3 -m venv $(VENV) || { echo "error: 'python3 -m venv' failed: install Python >= 3.10 with venv (Debian/Ubuntu: apt-get install python3-venv)"; exit 1; }
 
 install: $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/bin/python)
-	$(PYTHON) -m pip install -q -e .
+	$(PYTHON) -m pip install -q .
 
 install-test: $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/bin/python)
-	$(PYTHON) -m pip install -q -e '.[test]'
+	$(PYTHON) -m pip install -q '.[test]'
 
 train: install
 	$(PYTHON) train.py --config=configs/mnist.py --workdir=$(WORKDIR) $(DATA_ARG) $(ARGS)

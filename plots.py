@@ -130,7 +130,7 @@ def plot_per_class(labels: np.ndarray, preds: np.ndarray, path: str) -> np.ndarr
 
 
 # Published small-CNN MNIST results: single runs, reported as the best test epoch (so chosen on
-# the test set), as listed in the project's frontier issue. (parameters, accuracy %, label)
+# the test set), the published small nets we know of. (parameters, accuracy %, label)
 PUBLISHED_SINGLE_RUNS = (
   (1_936, 99.10, 'separable convs'),
   (4_862, 99.07, 'separable convs'),

@@ -1,8 +1,8 @@
 """Training and evaluation throughput of the default CNN: JAX beside PyTorch, in one run.
 
-  python bench/bench.py --out=bench/results/cpu.json
-  python bench/bench.py --augment --rounds=7          # both sides with rotation + shift
-  python bench/bench.py --notorch                     # JAX only (no PyTorch installed)
+  python -m bench.bench --out=bench/results/cpu.json
+  python -m bench.bench --augment --rounds=7          # both sides with rotation + shift
+  python -m bench.bench --notorch                     # JAX only (no PyTorch installed)
 
 JAX trains nets.cnn 'gap' with train.train_step / compiled.train_steps (data on the device,
 the driving loop of train.train_and_evaluate: a jitted, donated `lax.scan` over

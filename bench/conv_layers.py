@@ -1,6 +1,6 @@
 """Where the CPU training step's time goes: each convolution of a net, JAX beside PyTorch.
 
-  python bench/conv_layers.py --rounds=7 --out=bench/results/conv_layers_cpu.json
+  python -m bench.conv_layers --rounds=7 --out=bench/results/conv_layers_cpu.json
 
 For every conv layer of nets.cnn.ARCHITECTURES[--arch] at batch --batch_size, three pieces of
 a train step are timed apart: the forward convolution, the gradient for its input (dx; none for

@@ -2,7 +2,7 @@
 
 Command:
 
-  python scripts/seeds.py --config=configs/fast.py --seeds=0,1,2,3,4,5,6,7,8,9 \
+  python -m scripts.seeds --config=configs/fast.py --seeds=0,1,2,3,4,5,6,7,8,9 \
       --root=workdirs/fast -- --config.data_dir=../shared/mnist
 
 On a GPU a step of this small net costs about the same at batch 64 or 256 (the chip is far

@@ -2,7 +2,7 @@
 
 Command:
 
-  python scripts/seeds.py --config=configs/gap.py --seeds=0,1,2,3,4,5,6,7,8,9 \
+  python -m scripts.seeds --config=configs/gap.py --seeds=0,1,2,3,4,5,6,7,8,9 \
       --root=workdirs/gap -- --config.data_dir=../shared/mnist
 
 The recipe docs/model.md explains layer by layer, and the base the small configs start from.

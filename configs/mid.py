@@ -2,7 +2,7 @@
 
 Command:
 
-  python scripts/seeds.py --config=configs/mid.py --seeds=0,1,2,3,4,5,6,7,8,9 \
+  python -m scripts.seeds --config=configs/mid.py --seeds=0,1,2,3,4,5,6,7,8,9 \
       --root=workdirs/mid -- --config.data_dir=../shared/mnist
 
 Target: < 8,000 parameters, mean final test accuracy >= 99.5 % over seeds 0-9. Result (2-core

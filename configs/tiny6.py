@@ -2,7 +2,7 @@
 
 Command:
 
-  python scripts/seeds.py --config=configs/tiny6.py --seeds=0,1,2,3,4,5,6,7,8,9 \
+  python -m scripts.seeds --config=configs/tiny6.py --seeds=0,1,2,3,4,5,6,7,8,9 \
       --root=workdirs/tiny6 \
       -- --config.data_dir=../shared/mnist
 

@@ -1,7 +1,7 @@
 """Regenerates every number, table and figure in docs/backprop.md and docs/model.md.
 
-  python docs/make_docs.py                         # from the runs committed under docs/runs/gap
-  python docs/make_docs.py --runs=workdirs/gap     # first copy in the finished seeds of a sweep
+  python -m docs.make_docs                         # from the runs committed under docs/runs/gap
+  python -m docs.make_docs --runs=workdirs/gap     # first copy in the finished seeds of a sweep
 
 The Markdown text between `<!-- BEGIN generated:NAME -->` and `<!-- END generated:NAME -->` is
 rewritten from the project's own code (nets/toy.py, backprop_check.py, nets/cnn.py,

@@ -1,6 +1,6 @@
 """SIGKILLs a short training run at many moments, resumes it each time, and checks the end result.
 
-  python scripts/crash_resume.py --kills=10 --root=/tmp/crash_resume
+  python -m scripts.crash_resume --kills=10 --root=/tmp/crash_resume
 
 1. Writes a small IDX folder: the first `--num_train`/`--num_test` images of `--data_dir`.
 2. Runs `train.py` once without interruption (the reference), timing each phase through the

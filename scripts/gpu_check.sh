@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 4's GPU figures in one call (a lent H100/H200 comes for minutes, not hours):
+# The GPU figures in one call (a GPU machine may be at hand for minutes, not hours):
 #
 #   OUT=/tmp/gpu DATA=../shared/mnist bash scripts/gpu_check.sh [CONFIG ...]   # default: mnist
 #
@@ -96,11 +96,11 @@ for c in "${configs[@]}"; do
     fi
   done
   seed_list=$(IFS=,; echo "${done_seeds[*]}")
-  $PY scripts/seeds.py --table_only --timings --seeds="$seed_list" --root="$W/$c" | tee "$OUT/$c.md"
+  $PY -m scripts.seeds --table_only --timings --seeds="$seed_list" --root="$W/$c" | tee "$OUT/$c.md"
   tar czf "$OUT/runs.tar.gz" -C "$W" --exclude=checkpoints .  # Now: a later step may time out.
 
   if [ "$c" = "${configs[0]}" ] && [ "${BENCH:-1}" != 0 ]; then  # Once, after the first.
-    timeout 240 $PY bench/bench.py --data_dir="$DATA" --rounds=5 ${BENCH_ARGS:-} \
+    timeout 240 $PY -m bench.bench --data_dir="$DATA" --rounds=5 ${BENCH_ARGS:-} \
       --out="$OUT/bench.json" 2>&1 | grep -v -E '^(I|W)[0-9]{4} '
   fi
 done
@@ -112,7 +112,7 @@ if [ -n "${XLA_SETS:-}" ]; then  # Seed 0 of the first config again, alone, per 
     root=$W/xla/$name
     if XLA_FLAGS="$flags" train "$c" 0 240 "$root"; then
       printf '\n## %s: XLA_FLAGS=%s\n\n' "$name" "$flags"
-      $PY scripts/seeds.py --table_only --timings --seeds=0 --root="$root" | sed -n '/^| params /,$p'
+      $PY -m scripts.seeds --table_only --timings --seeds=0 --root="$root" | sed -n '/^| params /,$p'
     else
       printf '\n## %s: XLA_FLAGS=%s FAILED\n' "$name" "$flags"; tail -5 "$root/seed0/log.txt"
     fi

@@ -1,6 +1,6 @@
 """Runs one config over several seeds and prints the accuracy table (CPU or GPU alike).
 
-  python scripts/seeds.py --config=configs/mnist.py --seeds=0,1,2,3,4 \
+  python -m scripts.seeds --config=configs/mnist.py --seeds=0,1,2,3,4 \
       --root=workdirs/mnist -- --config.data_dir=../shared/mnist
 
 Each seed trains in its own process into ROOT/seed<N> (rerunning resumes or, for a finished
@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
     history = read_history(os.path.join(FLAGS.root, f'seed{seeds[0]}', 'metrics.jsonl'))
     table += f'\n{TIMING_HEADER}\n{timing_row(summaries, history)}\n'
   os.makedirs(FLAGS.root, exist_ok=True)
-  command = ' '.join(['python', 'scripts/seeds.py', *sys.argv[1:]])
+  command = ' '.join(['python', '-m', 'scripts.seeds', *sys.argv[1:]])
   write_text(os.path.join(FLAGS.root, 'table.md'), f'`{command}`\n\n{table}')
   print(table)
   return 0

@@ -19,7 +19,7 @@ usage() {
 usage: bash scripts/tpu_pod.sh [OPTION ...] [-- TRAIN_FLAG ...]
 
 Creates a Cloud TPU VM slice, copies this checkout to every worker, installs it (a venv with
-`pip install -e '.[gcs]' 'jax[tpu]'`), runs train.py on all workers with --distributed=auto, and
+`pip install '.[gcs]' 'jax[tpu]'`), runs train.py on all workers with --distributed=auto, and
 deletes the slice at the end, also on failure or Ctrl-C, unless --keep.
 
 Each option has an environment variable; the option wins over the variable.
@@ -145,13 +145,13 @@ tarball=${TMPDIR:-/tmp}/tpu_pod-$TPU_NAME.tgz
 train=(.venv/bin/python train.py --config="$CONFIG" --workdir="$WORKDIR" --distributed=auto)
 [ -z "$DATA_DIR" ] || train+=(--config.data_dir="$DATA_DIR")
 train+=(${train_args[@]+"${train_args[@]}"})
-# The install, as the Makefile's (`python3 -m venv .venv`, then pip install -e .), with gcsfs
+# The install, as the Makefile's (`python3 -m venv .venv`, then pip install .), with gcsfs
 # (the `gcs` extra, for the gs:// workdir) and JAX's TPU wheels. Some TPU VM images lack python3-venv: it is installed only if the venv fails.
 apt='sudo DEBIAN_FRONTEND=noninteractive apt-get -qy -o DPkg::Lock::Timeout=300'
 setup="mkdir -p s6jax && tar -xzf s6jax.tgz -C s6jax && cd s6jax && \
 { [ -x .venv/bin/pip ] || python3 -m venv .venv || \
 { $apt update && $apt install python3-venv && python3 -m venv --clear .venv; }; } && \
-.venv/bin/python -m pip install -q -e '.[gcs]' $(q "$JAX_TPU")"
+.venv/bin/python -m pip install -q '.[gcs]' $(q "$JAX_TPU")"
 
 pack() {  # The checkout as git sees it, without what it ignores (.venv, workdirs): one archive.
   local list=(git -C "$REPO" ls-files -z --cached --others --exclude-standard)

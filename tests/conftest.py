@@ -58,7 +58,7 @@ SLOW_FILES = {
 # compile every probe net, or write real orbax checkpoints.
 SLOW_CLASSES = {
   'ScriptTest', 'LibreOfficeTest', 'CheckWorkbookCommandTest', 'DownloadTest',
-  'CheckpointIntegrityTest', 'EveryNetCompilesTest', 'RandomShapesTest',
+  'CheckpointIntegrityTest', 'EveryNetCompilesTest', 'RandomShapesTest', 'WheelTest',
 }  # fmt: skip
 
 

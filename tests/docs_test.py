@@ -4,7 +4,7 @@ docs/make_docs.py writes the blocks between `<!-- BEGIN generated:… -->` marke
 docs/backprop.md and docs/model.md; these tests regenerate them from the code (and from the run
 summaries committed under docs/runs/mnist) and compare, redraw the figures and check the data
 they plot, and run every command quoted in the docs in a shortened form. A failure here means
-the code changed under the docs: rerun `python docs/make_docs.py` and read the diff.
+the code changed under the docs: rerun `python -m docs.make_docs` and read the diff.
 """
 
 import functools
@@ -28,7 +28,7 @@ from tests import testutil
 
 DOCS = os.path.join(testutil.REPO_ROOT, 'docs')
 DOC_FILES = ('backprop.md', 'model.md')
-REGENERATE = 'The committed docs are stale: run `python docs/make_docs.py` and commit the diff.'
+REGENERATE = 'The committed docs are stale: run `python -m docs.make_docs` and commit the diff.'
 
 
 def _read(name: str, docs: str = DOCS) -> str:
@@ -151,6 +151,8 @@ class CommandsTest(absltest.TestCase):
   def shorten(self, command: str, tmp: str) -> list[str]:
     argv = shlex.split(command)
     self.assertEqual(argv[0], 'python', command)
+    if argv[1] == '-m':  # `python -m scripts.seeds` is the script scripts/seeds.py.
+      argv = ['python', argv[2].replace('.', '/') + '.py', *argv[3:]]
     script = argv[1]
     argv = [a.replace('workdirs/gap', f'{tmp}/runs') for a in argv]
     if script == 'docs/make_docs.py':
@@ -185,8 +187,12 @@ class CommandsTest(absltest.TestCase):
         # --runs below runs as a subprocess and covers the script's own start-up.
         self.assertCountEqual(md.regenerate(f'{tmp}/docs'), ['backprop.md', 'model.md'])
         continue
+      if '/' in argv[1]:  # A script in a folder runs as a module: python -m scripts.seeds.
+        run = [argv[0], '-m', argv[1].removesuffix('.py').replace('/', '.'), *argv[2:]]
+      else:
+        run = argv
       proc = subprocess.run(
-        argv, cwd=testutil.REPO_ROOT, capture_output=True, text=True, env=env, timeout=300
+        run, cwd=testutil.REPO_ROOT, capture_output=True, text=True, env=env, timeout=300
       )
       self.assertEqual(proc.returncode, 0, f'{command}\n(ran {argv})\n{proc.stderr[-3000:]}')
       if argv[1] == '-c':  # The layer-table one-liner prints the page's table.

@@ -1,14 +1,19 @@
-"""The shape of the code: imports run one way, no sys.path edits, short functions.
+"""The shape of the code: imports run one way, no sys.path edits, short functions, nothing installed.
 
-Library modules are the installed ones (setup.cfg: py_modules and packages). Their imports of
-each other, read from the source (every import statement, at the top or inside a function),
-must form no cycle, and none may import from scripts/, bench/, docs/ or tests/.
+Library modules are the top-level *.py files and the packages configs/ and nets/, which run in
+place from the checkout. Their imports of each other, read from the source (every import
+statement, at the top or inside a function), must form no cycle, and none may import from
+scripts/, bench/, docs/ or tests/. `pip install .` installs the dependencies and no module.
 """
 
 import ast
 import configparser
 import glob
 import os
+import shutil
+import subprocess
+import sys
+import zipfile
 
 from absl.testing import absltest
 
@@ -21,12 +26,15 @@ MAX_TRAIN_PY_LINES = 350  # The trainer reads top to bottom in one sitting.
 LONG_FUNCTIONS: set[tuple[str, str]] = set()
 
 
+LIBRARY_PACKAGES = ('configs', 'nets')
+
+
 def library_modules() -> dict[str, str]:
-  """Module name -> source path, for every module setup.cfg installs."""
-  cfg = configparser.ConfigParser()
-  cfg.read(os.path.join(ROOT, 'setup.cfg'))
-  modules = {m: os.path.join(ROOT, f'{m}.py') for m in cfg['options']['py_modules'].split()}
-  for package in cfg['options']['packages'].split():
+  """Module name -> source path, for the top-level modules and the library packages."""
+  modules = {
+    os.path.splitext(os.path.basename(p))[0]: p for p in glob.glob(os.path.join(ROOT, '*.py'))
+  }
+  for package in LIBRARY_PACKAGES:
     for path in glob.glob(os.path.join(ROOT, package, '*.py')):
       name = os.path.splitext(os.path.basename(path))[0]
       modules[package if name == '__init__' else f'{package}.{name}'] = path
@@ -107,12 +115,12 @@ class LayoutTest(absltest.TestCase):
       edits = list(sys_path_edits(ast.parse(open(path).read())))
       self.assertEqual(edits, [], f'{os.path.relpath(path, ROOT)} edits sys.path at lines {edits}')
 
-  def test_every_top_level_module_is_installed(self):
-    """A module missing from setup.cfg works in a checkout but not in a wheel or a clean venv."""
-    top_level = {os.path.splitext(os.path.basename(p))[0] for p in glob.glob(f'{ROOT}/*.py')}
-    self.assertEqual(
-      top_level - {'setup'}, {m for m in library_modules() if '.' not in m} - {'configs', 'nets'}
-    )
+  def test_setup_cfg_names_no_module(self):
+    """Empty lists, not absent ones: without them setuptools would discover modules itself."""
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, 'setup.cfg'))
+    self.assertEqual(cfg['options']['py_modules'].split(), [])
+    self.assertEqual(cfg['options']['packages'].split(), [])
 
   def test_train_py_is_short(self):
     with open(os.path.join(ROOT, 'train.py')) as f:
@@ -125,6 +133,30 @@ class LayoutTest(absltest.TestCase):
         if isinstance(node, ast.FunctionDef) and (name, node.name) not in LONG_FUNCTIONS:
           lines = node.end_lineno - node.lineno + 1
           self.assertLessEqual(lines, MAX_FUNCTION_LINES, f'{name}: {node.name} has {lines}')
+
+
+class WheelTest(absltest.TestCase):
+  def test_the_wheel_holds_metadata_only(self):
+    """What `pip install .` would put on a user's path: no metrics.py, no configs/, nothing.
+
+    Built from a copy of the packaging files and the library (setuptools writes build/ beside
+    them), which is what setuptools would find and install if setup.cfg let it."""
+    src, out = self.create_tempdir().full_path, self.create_tempdir().full_path
+    for name in ('setup.cfg', 'pyproject.toml', 'README.md', *library_modules()):
+      if '.' not in name and os.path.isdir(os.path.join(ROOT, name)):
+        shutil.copytree(os.path.join(ROOT, name), os.path.join(src, name))
+      elif '.' not in name or name.endswith(('.cfg', '.toml', '.md')):
+        shutil.copy(os.path.join(ROOT, name if '.' in name else f'{name}.py'), src)
+    proc = subprocess.run(
+      [sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '--no-build-isolation', '-w', out,
+       src],
+      capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+    (wheel,) = glob.glob(os.path.join(out, '*.whl'))
+    names = zipfile.ZipFile(wheel).namelist()
+    self.assertIn('s6jax-0.1.0.dist-info/METADATA', names)
+    self.assertEqual([n for n in names if '.dist-info/' not in n], [], names)
 
 
 if __name__ == '__main__':

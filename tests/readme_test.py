@@ -1,10 +1,16 @@
-"""The README's quoted numbers and paths come from the code; this keeps them from drifting."""
+"""The README's and docs/results.md's numbers and paths come from the code and the committed runs.
+
+README.md is the front page: one summary row per config. docs/results.md holds every seed's
+row, each config's footer and its summary row; docs/scaling.md the GPU rows. Each is recomputed
+here from docs/runs/ and docs/gpu/, so none can drift from the runs it quotes.
+"""
 
 import glob
 import importlib
 import json
 import os
 import re
+import statistics
 
 from absl.testing import absltest
 
@@ -34,9 +40,40 @@ def gpu_row(run_dir: str) -> str:
   )
 
 
-def _readme() -> str:
-  with open(os.path.join(testutil.REPO_ROOT, 'README.md')) as f:
+# The H200 run behind each config's cell in the README's table (docs/gpu/h200_2026-11-28/...): the
+# folders carry that day's config names (mnist/ was today's gap.py, best/ today's mnist.py).
+GPU_SEED0 = {
+  'mnist': 'h200_2026-11-28/best/seed0',
+  'fast': 'h200_2026-11-28/after_26ddb39/fast/seed0',
+  'gap': 'h200_2026-11-28/after_26ddb39/mnist/seed0',
+}
+
+
+def _read(*path: str) -> str:
+  with open(os.path.join(testutil.REPO_ROOT, *path)) as f:
     return f.read()
+
+
+def _readme() -> str:
+  return _read('README.md')
+
+
+def _results() -> str:
+  return _read('docs', 'results.md')
+
+
+def _summaries(run_dir: str) -> list[dict]:
+  summaries = []
+  for path in sorted(glob.glob(os.path.join(run_dir, 'seed*', 'summary.json'))):
+    with open(path) as f:
+      summaries.append(json.load(f))
+  return summaries
+
+
+def _row_cells(text: str, name: str) -> list[str] | None:
+  """The cells of the table row that starts with `configs/NAME.py`, or None."""
+  line = re.search(rf'(?m)^\| `configs/{name}\.py`.*$', text)
+  return None if line is None else [c.strip() for c in line.group(0).strip('|').split('|')]
 
 
 class ReadmeTest(absltest.TestCase):
@@ -57,25 +94,60 @@ class ReadmeTest(absltest.TestCase):
       with self.subTest(path=path):
         self.assertTrue(os.path.exists(os.path.join(testutil.REPO_ROOT, path)), path)
 
+  def test_links_resolve(self):
+    """Every relative link of the README and of docs/*.md names a file that exists."""
+    pages = ['README.md', *(os.path.relpath(p, testutil.REPO_ROOT) for p in glob.glob(
+      os.path.join(testutil.REPO_ROOT, 'docs', '*.md')))]  # fmt: skip
+    for page in pages:
+      for target in re.findall(r'\]\(([^)#:]+)(?:#[^)]*)?\)', _read(page)):
+        with self.subTest(page=page, link=target):
+          path = os.path.join(testutil.REPO_ROOT, os.path.dirname(page), target)
+          self.assertTrue(os.path.exists(path), f'{page} links to {target}, which is missing')
+
+  def test_the_front_page_is_short(self):
+    lines = _readme().splitlines()
+    self.assertLessEqual(len(lines), 200)
+    self.assertIn('make train', '\n'.join(lines[:40]))
+    self.assertIn('make test', '\n'.join(lines[:40]))
+
+  def test_front_table_rows_agree_with_the_committed_runs(self):
+    for run_dir in sorted(glob.glob(os.path.join(RUNS, '*'))):
+      name = os.path.basename(run_dir)
+      summaries, t = _summaries(run_dir), metrics.totals(_summaries(run_dir))
+      cells = _row_cells(_readme(), name)
+      self.assertIsNotNone(cells, f'README has no row for configs/{name}.py')
+      minutes = [s['train_seconds'] / 60 for s in summaries]
+      gpu = GPU_SEED0.get(name)
+      if gpu:
+        with open(os.path.join(GPU_RUNS, gpu, 'summary.json')) as f:
+          gpu = f'{json.load(f)["train_seconds_to_target"]:.2f}'
+      expected = [
+        f'{summaries[0]["params"]:,}',
+        str(summaries[0]['epochs']),
+        f'{t["mean_final"]:.2f}',
+        f'{t["min_final"]:.2f}',
+        f'{t["lowest_last3"]:.2f}',
+        f'{t["steady"]}/{t["runs"]}',
+        f'{min(minutes):.1f} / {statistics.median(minutes):.1f}',
+        gpu or '—',
+      ]
+      self.assertEqual(cells[1:], expected, name)
+
   def test_seed_tables_quote_the_committed_runs(self):
     paths = sorted(glob.glob(os.path.join(RUNS, '*', 'seed*', 'summary.json')))
     self.assertGreaterEqual(len(paths), 10)
     for path in paths:
       with open(path) as f:
         row = metrics.row(json.load(f))
-      self.assertIn(row, _readme(), f'README lacks the row of {os.path.relpath(path, RUNS)}')
+      self.assertIn(row, _results(), f'results.md lacks the row of {os.path.relpath(path, RUNS)}')
 
   def test_config_summary_rows_agree_with_the_committed_runs(self):
     for run_dir in sorted(glob.glob(os.path.join(RUNS, '*'))):
       name = os.path.basename(run_dir)
-      summaries = []
-      for path in sorted(glob.glob(os.path.join(run_dir, 'seed*', 'summary.json'))):
-        with open(path) as f:
-          summaries.append(json.load(f))
+      summaries = _summaries(run_dir)
       t = metrics.totals(summaries)
-      line = re.search(rf'(?m)^\| `configs/{name}\.py`.*$', _readme())
-      self.assertIsNotNone(line, f'no summary row for configs/{name}.py')
-      cells = [c.strip() for c in line.group(0).strip('|').split('|')]
+      cells = _row_cells(_results(), name)
+      self.assertIsNotNone(cells, f'no summary row for configs/{name}.py in docs/results.md')
       self.assertEqual(cells[1], f'{summaries[0]["params"]:,}', name)
       self.assertEqual(cells[2], str(summaries[0]['epochs']), name)
       self.assertEqual(cells[3], f'{t["reached"]}/{t["runs"]}', name)
@@ -83,7 +155,7 @@ class ReadmeTest(absltest.TestCase):
       self.assertEqual(cells[5], f'{t["mean_final"]:.2f}', name)
       self.assertEqual(cells[6], f'{t["min_final"]:.2f}', name)
       self.assertIn(f'(lowest {t["lowest_last3"]:.2f} %)', cells[4], name)
-      self.assertIn(metrics.footer(summaries), _readme(), f'README lacks the footer of {name}')
+      self.assertIn(metrics.footer(summaries), _results(), f'results.md lacks the footer of {name}')
 
   def test_committed_runs_are_runs_of_their_config(self):
     """docs/runs/NAME holds runs of configs/NAME.py as it is now, field for field."""
@@ -108,7 +180,7 @@ class ReadmeTest(absltest.TestCase):
     self.assertGreaterEqual(len(dirs), 3)
     for run_dir in dirs:
       with self.subTest(run=os.path.relpath(run_dir, GPU_RUNS)):
-        self.assertIn(gpu_row(run_dir), _readme())
+        self.assertIn(gpu_row(run_dir), _read('docs', 'scaling.md'))
 
   def test_ci_runs_the_readme_test_command(self):
     with open(os.path.join(testutil.REPO_ROOT, '.ci', 'run')) as f:

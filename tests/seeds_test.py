@@ -12,13 +12,15 @@ from absl.testing import absltest
 import metrics
 from tests import testutil
 
-SCRIPT = os.path.join(testutil.REPO_ROOT, 'scripts', 'seeds.py')
 TINY_RUNS = os.path.join(testutil.REPO_ROOT, 'docs', 'runs', 'tiny')
 GPU_MNIST_RUNS = os.path.join(testutil.REPO_ROOT, 'docs', 'gpu', 'h200_2026-11-28', 'mnist')
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=60)
+  return subprocess.run(
+    [sys.executable, '-m', 'scripts.seeds', *args],
+    cwd=testutil.REPO_ROOT, capture_output=True, text=True, timeout=60,
+  )  # fmt: skip
 
 
 def _files(root: str) -> dict[str, bytes]:
