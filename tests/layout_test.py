@@ -1,4 +1,4 @@
-"""The shape of the code: imports run one way, no sys.path edits, short functions, nothing installed.
+"""The shape of the code: imports run one way, no sys.path edits, short functions, no install.
 
 Library modules are the top-level *.py files and the packages configs/ and nets/, which run in
 place from the checkout. Their imports of each other, read from the source (every import
