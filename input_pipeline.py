@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import math
 import os
+import re
 import shutil
 import zlib
 from typing import NamedTuple
@@ -24,6 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from errors import DataError  # Raised for every unreadable, corrupt or inconsistent input.
 
@@ -101,17 +103,66 @@ def parse_idx(data: bytes, *, name: str, magic: int, item_shape: tuple[int, ...]
   return np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(dims)
 
 
-def _find_idx_file(folder: str, stem: str) -> str:
-  """Returns the path of `stem` or `stem.gz` in `folder`."""
-  for candidate in (stem, stem + '.gz'):
-    path = os.path.join(folder, candidate)
-    if os.path.isfile(path):
-      return path
-  present = sorted(os.listdir(folder))
-  raise DataError(
-    f'{folder}: missing MNIST file {stem}[.gz]; the folder holds {present or "nothing"}. '
-    f'It needs all four: {", ".join(s for pair in IDX_FILES.values() for s in pair)}.'
+def _standard_size(stem: str) -> int:
+  """Bytes of the published file `stem`: its IDX header and every item."""
+  split = 'train' if stem.startswith('train') else 'test'
+  is_images = stem == IDX_FILES[split][0]
+  return (
+    (16 + EXPECTED_COUNTS[split] * math.prod(IMAGE_SHAPE))
+    if is_images
+    else (8 + EXPECTED_COUNTS[split])
   )
+
+
+_warned_unpublished: set[str] = set()  # Each differing file is named once per process.
+
+
+def _warn_if_not_published(path: str, stem: str, data: bytes) -> None:
+  """A file of MNIST's exact size whose content is not the published one is damaged or is
+  another data set: training goes on (it may be on purpose), but not silently."""
+  if len(data) != _standard_size(stem) or path in _warned_unpublished:
+    return
+  if hashlib.sha256(data).hexdigest() != SHA256[stem]:
+    _warned_unpublished.add(path)
+    logging.warning(
+      '%s has the size of MNIST\'s %s but not its published content (sha256 differs): the '
+      'file is damaged or is not MNIST. Training on it as it is.', path, stem,
+    )  # fmt: skip
+
+
+def _read_idx_file(folder: str, stem: str) -> tuple[str, bytes]:
+  """(path, uncompressed bytes) of `stem` or `stem.gz` in `folder`. When both are there they
+  must hold the same content, or exactly one the published one (then that one is used)."""
+  paths = [p for p in (os.path.join(folder, stem), os.path.join(folder, stem + '.gz'))
+           if os.path.lexists(p)]  # fmt: skip
+  for path in paths:
+    if os.path.isdir(path):
+      raise DataError(
+        f'{path} is a directory, not the MNIST file {os.path.basename(path)}: remove or '
+        'rename it, and put the file there.'
+      )
+  if not paths:
+    present = sorted(os.listdir(folder))
+    raise DataError(
+      f'{folder}: missing MNIST file {stem}[.gz]; the folder holds {present or "nothing"}. '
+      f'It needs all four: {", ".join(s for pair in IDX_FILES.values() for s in pair)}.'
+    )
+  contents = {path: _read_bytes(path) for path in paths}
+  if len(contents) == 2 and len(set(contents.values())) == 2:
+    published = [p for p, d in contents.items() if hashlib.sha256(d).hexdigest() == SHA256[stem]]
+    if len(published) != 1:
+      raise DataError(
+        f'{paths[0]} and {paths[1]} both hold {stem} but their contents differ (a stale copy '
+        'beside a new one?), and neither or both match the published MNIST: remove the one '
+        'that should not be used.'
+      )
+    logging.warning(
+      '%s and %s differ; using %s, whose content matches the published MNIST (the other does '
+      'not: remove it).', paths[0], paths[1], published[0],
+    )  # fmt: skip
+    paths = published
+  _warn_if_not_published(paths[0], stem, contents[paths[0]])
+  return paths[0], contents[paths[0]]
 
 
 def load_idx_dir(folder: str, split: str) -> Split:
@@ -123,12 +174,10 @@ def load_idx_dir(folder: str, split: str) -> Split:
       f'data_dir {folder!r} is not a folder (set --config.data_dir to the IDX folder).'
     )
   images_stem, labels_stem = IDX_FILES[split]
-  images_path = _find_idx_file(folder, images_stem)
-  labels_path = _find_idx_file(folder, labels_stem)
-  images = parse_idx(
-    _read_bytes(images_path), name=images_path, magic=_IMAGES_MAGIC, item_shape=IMAGE_SHAPE
-  )
-  labels = parse_idx(_read_bytes(labels_path), name=labels_path, magic=_LABELS_MAGIC, item_shape=())
+  images_path, images_bytes = _read_idx_file(folder, images_stem)
+  labels_path, labels_bytes = _read_idx_file(folder, labels_stem)
+  images = parse_idx(images_bytes, name=images_path, magic=_IMAGES_MAGIC, item_shape=IMAGE_SHAPE)
+  labels = parse_idx(labels_bytes, name=labels_path, magic=_LABELS_MAGIC, item_shape=())
   if len(images) != len(labels):
     raise DataError(
       f'{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels.'
@@ -226,37 +275,57 @@ def download_mnist(url: str = MNIST_URL, download_dir: str = '') -> str:
   import tensorflow_datasets as tfds  # Lazy: slow to import, and unused for IDX folders.
 
   manager = tfds.download.DownloadManager(download_dir=download_dir)
+  os.makedirs(folder, exist_ok=True)
   try:
-    # One file at a time: when a download fails, none is still running in the background to
-    # recreate a temp folder after the clean-up below.
-    paths = {stem: manager.download(u) for stem, u in urls.items()}
-  except Exception as e:  # requests, TFDS's DownloadError, ...: all mean the same here.
-    first_line = str(e).splitlines()[0][:200] if str(e) else ''
-    raise DataError(
-      f'downloading MNIST from {base} failed ({type(e).__name__}: {first_line}). '
-      + _offline_hint(base)
-    ) from e
+    # One file at a time, each verified and moved into the cache before the next starts: a
+    # download that fails part-way leaves only verified files, and none still running in the
+    # background to recreate a temp folder after the clean-up below.
+    for stem, file_url in urls.items():
+      try:
+        path = str(manager.download(file_url))
+      except Exception as e:  # requests, TFDS's DownloadError, ...: all mean the same here.
+        raise _download_error(e, file_url, base) from e
+      _verify_and_keep(stem, path, file_url, folder)
   finally:
     _remove_partial_downloads(download_dir)
-  os.makedirs(folder, exist_ok=True)
-  for stem, path in paths.items():
-    path, info = str(path), str(path) + '.INFO'
-    try:
-      digest = hashlib.sha256(_read_bytes(path)).hexdigest()
-    except DataError:
-      digest = 'unreadable gzip'
-    if digest != SHA256[stem]:
-      for leftover in (path, info):
-        if os.path.exists(leftover):
-          os.remove(leftover)
-      raise DataError(
-        f"{urls[stem]}: the downloaded file is not MNIST's {stem}: sha256 of its content "
-        f'{digest}, expected {SHA256[stem]}. It was deleted; check --config.data_url.'
-      )
-    os.replace(path, os.path.join(folder, stem + '.gz'))
-    if os.path.exists(info):
-      os.remove(info)
   return folder
+
+
+def _download_error(e: Exception, file_url: str, base: str) -> DataError:
+  """One sentence for a failed download: the server's HTTP status when it answered one (the
+  network worked, the server lacks the file), else the error; the offline way in both."""
+  status = re.search(r'HTTP code: (\d+)|(\d{3}) (?:Client|Server) Error', str(e))
+  if status:
+    code = status.group(1) or status.group(2)
+    return DataError(
+      f'{file_url}: the server answered HTTP {code}: it does not serve that file (check '
+      '--config.data_url). ' + _offline_hint(base)
+    )
+  first_line = str(e).splitlines()[0][:200] if str(e) else ''
+  return DataError(
+    f'downloading {file_url} failed ({type(e).__name__}: {first_line}). ' + _offline_hint(base)
+  )
+
+
+def _verify_and_keep(stem: str, path: str, file_url: str, folder: str) -> None:
+  """Moves a downloaded file into the cache if its content is the published one; deletes it
+  and raises DataError if not."""
+  info = path + '.INFO'
+  try:
+    digest = hashlib.sha256(_read_bytes(path)).hexdigest()
+  except DataError:
+    digest = 'unreadable gzip'
+  if digest != SHA256[stem]:
+    for leftover in (path, info):
+      if os.path.exists(leftover):
+        os.remove(leftover)
+    raise DataError(
+      f"{file_url}: the downloaded file is not MNIST's {stem}: sha256 of its content "
+      f'{digest}, expected {SHA256[stem]}. It was deleted; check --config.data_url.'
+    )
+  os.replace(path, os.path.join(folder, stem + '.gz'))
+  if os.path.exists(info):
+    os.remove(info)
 
 
 def _remove_partial_downloads(download_dir: str) -> None:

@@ -12,12 +12,19 @@ import time
 
 import jax
 import ml_collections
+from absl import logging
 from etils import epath
 
 import input_pipeline
 import metrics
+from configs import mnist
 from errors import ConfigError
 from nets import cnn
+
+# jax.random.key takes a 64-bit signed integer.
+SEED_RANGE = (-(2**63), 2**63 - 1)
+SEED_REQUIREMENT = f'must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (64-bit signed)'
+MNIST_TEST_IMAGES = input_pipeline.EXPECTED_COUNTS['test']
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -37,6 +44,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     ('max_shift', 0 <= config.max_shift <= 14, 'must be in [0, 14] pixels'),
     ('steps_per_call', config.steps_per_call >= 0, 'must be >= 0 (0 = auto)'),
     ('checkpoints_to_keep', config.checkpoints_to_keep >= 1, 'must be >= 1'),
+    ('seed', SEED_RANGE[0] <= config.seed <= SEED_RANGE[1], SEED_REQUIREMENT),
   ]
   for field, ok, requirement in checks:
     if not ok:
@@ -66,10 +74,21 @@ def validate_data(config: ml_collections.ConfigDict, data: dict[str, input_pipel
     raise ConfigError(
       f'config.eval_batch_size={config.eval_batch_size} exceeds the {num_test} test images.'
     )
+  if num_test != MNIST_TEST_IMAGES:
+    logging.warning(
+      "The test set has %d images, not MNIST's %s: its accuracy moves in steps of %.3g %%, so "
+      'it cannot measure the 99.4 %% target as the full test set does.',
+      num_test, f'{MNIST_TEST_IMAGES:,}', 100 / num_test,
+    )  # fmt: skip
 
 
 def workdir_path(workdir: str) -> str:
   """`workdir` as the run uses it: absolute if local, as given if remote (gs://...)."""
+  if not workdir or not workdir.strip():
+    raise ConfigError(
+      '--workdir is empty (an unset shell variable?): it would train into the current folder. '
+      'Name the folder the run writes to, e.g. --workdir=workdirs/mnist.'
+    )
   return workdir if metrics.is_remote(workdir) else os.path.abspath(workdir)
 
 
@@ -116,3 +135,27 @@ def workdir_lock(workdir: str):
     yield
   finally:
     f.close()  # Releases the lock.
+
+
+def non_finite_advice(
+  config: ml_collections.ConfigDict, epoch: int, checkpoint_dir: str, saved: bool
+) -> str:
+  """What is true after a NaN/Inf in `epoch`, and what to change: the checkpoint kept, or that
+  none was saved yet; and the numeric field furthest above the default config's value."""
+  if saved:
+    kept = f'The last good checkpoint (epoch {epoch - 1}) is kept in {checkpoint_dir}.'
+  else:
+    kept = 'No checkpoint was saved yet: the first epoch never finished.'
+  default = mnist.get_config()  # The reference for "too large".
+  ratios = {
+    field: config[field] / default[field]
+    for field in ('learning_rate', 'momentum', 'weight_decay', 'label_smoothing', 'warmup_fraction')
+    if default[field] > 0 and config[field] > default[field]
+  }
+  if not ratios:
+    return kept + ' Lower config.learning_rate, the usual cause of a loss that blows up.'
+  field = max(ratios, key=ratios.get)
+  return (
+    f'{kept} config.{field}={config[field]:g} is {ratios[field]:.3g}x the default '
+    f"config's {default[field]:g}, the likeliest cause: lower it."
+  )

@@ -293,10 +293,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         config, programs, state, train_data, test, epoch, (perm_rng, step_rng), schedule, resume
       )
     except NonFiniteError as e:
-      raise NonFiniteError(
-        f'{e} (epoch {epoch}); training stopped. The last good checkpoint (epoch {epoch - 1}) '
-        f'is kept in {manager.directory}.'
-      ) from None
+      advice = preflight.non_finite_advice(config, epoch, manager.directory, epoch > 1)
+      raise NonFiniteError(f'{e} (epoch {epoch}); training stopped. {advice}') from None
     except Preempted as stopped:
       state, sums, epoch, done = stopped.args
       checkpointing.save_preempted(preempted, state, sums, epoch, done, run)
@@ -322,7 +320,7 @@ def finish(workdir, config, state, programs, history, test, num_params) -> dict[
     history, final['accuracy'], params=num_params, arch=config.arch, seed=config.seed,
     compile_seconds=programs.compile_seconds, device_kind=jax.devices()[0].device_kind,
     device_count=jax.device_count(), cpu_model=multihost.cpu_model(),
-    cpu_cores=multihost.usable_cores(), config=config.to_dict(),
+    cpu_cores=multihost.usable_cores(), test_images=len(test.labels), config=config.to_dict(),
   )  # fmt: skip
   if multihost.is_primary():
     metrics.write_json(os.path.join(workdir, 'summary.json'), summary)

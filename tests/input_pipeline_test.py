@@ -111,6 +111,66 @@ class IdxTest(parameterized.TestCase):
     with self.assertRaisesRegex(input_pipeline.DataError, 'holds nothing'):
       input_pipeline.get_datasets(empty)
 
+  def _raw_beside_gz(self, stem: str, change: bool) -> tuple[str, str, bytes]:
+    """Writes `stem` uncompressed beside its .gz, one label changed if `change`."""
+    gz = os.path.join(self.dir, stem + '.gz')
+    with gzip.open(gz) as f:
+      data = bytearray(f.read())
+    if change:
+      data[-1] = (data[-1] + 1) % 10
+    raw = os.path.join(self.dir, stem)
+    with open(raw, 'wb') as f:
+      f.write(bytes(data))
+    return raw, gz, bytes(data)
+
+  def test_raw_and_gz_that_differ_are_refused_naming_both(self):
+    raw, gz, _ = self._raw_beside_gz(LABELS, change=True)
+    with self.assertRaises(input_pipeline.DataError) as cm:
+      input_pipeline.load_idx_dir(self.dir, 'train')
+    self.assertIn(f'{raw} and {gz} both hold {LABELS} but their contents differ', str(cm.exception))
+
+  def test_raw_and_gz_that_agree_are_read(self):
+    self._raw_beside_gz(LABELS, change=False)
+    self.assertLen(input_pipeline.load_idx_dir(self.dir, 'train').labels, 40)
+
+  def test_of_two_that_differ_the_published_one_is_used_and_named(self):
+    raw, gz, _ = self._raw_beside_gz(LABELS, change=True)
+    sums = testutil.content_sums(self.dir)  # The .gz is "the published" one here.
+    with mock.patch.dict(input_pipeline.SHA256, sums), self.assertLogs(level='WARNING') as logs:
+      labels = input_pipeline.load_idx_dir(self.dir, 'train').labels
+    with gzip.open(gz) as f:
+      expected = np.frombuffer(f.read(), np.uint8, offset=8)
+    np.testing.assert_array_equal(labels, expected)
+    self.assertIn(f'{raw} and {gz} differ; using {gz}', '\n'.join(logs.output))
+
+  def test_a_directory_where_a_file_should_be_is_named_as_such(self):
+    path = os.path.join(self.dir, IMAGES + '.gz')
+    os.remove(path)
+    os.mkdir(path)
+    with self.assertRaisesRegex(input_pipeline.DataError, f'{path} is a directory, not the'):
+      input_pipeline.load_idx_dir(self.dir, 'train')
+
+  def test_standard_size_without_the_published_content_warns_once(self):
+    folder = self.create_tempdir().full_path
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 10, 10_000).astype(np.int32)  # MNIST's test size, other labels.
+    images = np.zeros((10_000, 28, 28), np.uint8)
+    input_pipeline.write_idx_dir(folder, {'test': input_pipeline.Split(images, labels)})
+    path = os.path.join(folder, input_pipeline.IDX_FILES['test'][1] + '.gz')
+    with self.assertLogs(level='WARNING') as logs:
+      input_pipeline.load_idx_dir(folder, 'test')
+      input_pipeline.load_idx_dir(folder, 'test')
+    named = [line for line in logs.output if path in line]
+    self.assertLen(named, 1, logs.output)
+    self.assertIn('not its published content', named[0])
+
+  def test_the_published_files_raise_no_warning(self):
+    if not testutil.real_mnist_available():
+      self.skipTest('needs ../shared/mnist')
+    with mock.patch.object(input_pipeline.logging, 'warning') as warning:
+      input_pipeline.get_datasets(testutil.MNIST_DIR)
+    warning.assert_not_called()
+
   def test_not_a_folder(self):
     with self.assertRaisesRegex(input_pipeline.DataError, 'is not a folder'):
       input_pipeline.get_datasets('/nonexistent/mnist')
@@ -236,9 +296,32 @@ class DownloadTest(parameterized.TestCase):
   def test_missing_file_on_the_server(self, stem):
     # The first file asked for, and the last (after the other three downloaded).
     os.remove(os.path.join(self.served, stem + '.gz'))
-    with self.assertRaisesRegex(input_pipeline.DataError, 'downloading MNIST from'):
+    with self.assertRaises(input_pipeline.DataError) as cm:
       input_pipeline.download_mnist(self.url, self.cache)
-    self.assertFalse([f for f in cached_files(self.cache) if '.tmp.' in f])
+    message = str(cm.exception)
+    # The network worked: the sentence names the file and the server's answer, not the network.
+    self.assertIn(f'{self.url}{stem}.gz: the server answered HTTP 404', message)
+    self.assertIn('--config.data_dir', message)  # The offline way stays the alternative.
+    self.assertNotIn('Without network access to', message.split('.')[0])
+    self.assertLen(message.splitlines(), 1)
+    # What stays in the cache is verified: only whole files with the published content.
+    folder = os.path.join(self.cache, input_pipeline.CACHE_SUBDIR)
+    kept = cached_files(self.cache)
+    self.assertFalse([f for f in kept if not f.startswith(input_pipeline.CACHE_SUBDIR)], kept)
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+      with gzip.open(os.path.join(folder, name)) as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+      self.assertEqual(digest, input_pipeline.SHA256[name.removesuffix('.gz')], name)
+    # The files fetched before the failing one were kept; once the server has it, the next
+    # run fetches only what is missing.
+    self.assertLen(os.listdir(folder), list(input_pipeline.SHA256).index(stem))
+    testutil.write_idx_dir(self.served, 40, 12)
+    before = len([r for r in self.requests if r.startswith('GET')])
+    input_pipeline.download_mnist(self.url, self.cache)
+    fetched = [r for r in self.requests if r.startswith('GET')][before:]
+    self.assertLen(fetched, 4 - list(input_pipeline.SHA256).index(stem), fetched)
+    self.assertIn(stem, fetched[0])
+    self.assertEqual(sorted(os.listdir(folder)), sorted(s + '.gz' for s in input_pipeline.SHA256))
 
   def test_progress_output_does_not_break_a_non_tty_run(self):
     script = (

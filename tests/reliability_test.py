@@ -23,6 +23,7 @@ from absl.testing import absltest, parameterized
 
 import checkpointing
 import errors
+import input_pipeline
 import train
 from configs import mnist
 from scripts import crash_resume
@@ -204,6 +205,10 @@ class CommandLineTest(parameterized.TestCase):
       (f'--config={bad_configs}/no_get_config.py',): "has no attribute 'get_config'",
       (f'--config={bad_configs}/raises.py',): 'config file: ValueError: broken on purpose',
       (data, f'--workdir={blocker}/sub'): 'is not writable',
+      ('--config.seed=18446744073709551616',): 'config.seed=18446744073709551616 must be an '
+      'integer in [-9223372036854775808, 9223372036854775807]',
+      ('--config.seed=9223372036854775808',): 'config.seed=9223372036854775808 must be an',
+      (data, '--workdir='): '--workdir is empty',
     }
 
     def run(args):
@@ -224,6 +229,98 @@ class CommandLineTest(parameterized.TestCase):
         self.assertNotIn('Traceback', proc.stderr)
         self.assertNotIn('Compiled', proc.stderr)
     self.assertFalse(os.path.exists(f'{tmp}/run/checkpoints'))
+    # An empty --workdir trained into the folder the command ran from.
+    self.assertFalse(os.path.exists(os.path.join(testutil.REPO_ROOT, 'checkpoints')))
+
+
+def _train(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+  return subprocess.run(
+    [sys.executable, 'train.py', *args],
+    cwd=testutil.REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+  )  # fmt: skip
+
+
+def _error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+  return [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+
+
+class BadInputTest(absltest.TestCase):
+  """Data a user really has, and values a user really types: each ends in one true sentence."""
+
+  def setUp(self):
+    super().setUp()
+    self.tmp = self.create_tempdir().full_path
+    self.data = testutil.write_idx_dir(os.path.join(self.tmp, 'data'), 64, 16)
+    self.flags = [
+      '--config=configs/gap.py', f'--workdir={self.tmp}/run', '--config.batch_size=8',
+      '--config.eval_batch_size=8', '--config.num_epochs=1', '--config.plots=False',
+    ]  # fmt: skip
+
+  def test_a_stale_raw_file_beside_a_different_gz_is_refused_naming_both(self):
+    stem = 'train-labels-idx1-ubyte'
+    with open(os.path.join(self.data, stem), 'wb') as f:  # An old copy: other labels.
+      f.write(bytes([0, 0, 8, 1, 0, 0, 0, 64]) + bytes(64))
+    proc = _train(*self.flags, f'--config.data_dir={self.data}')
+    self.assertEqual(proc.returncode, 1, proc.stderr[-2000:])
+    (line,) = _error_lines(proc)
+    self.assertIn(f'{self.data}/{stem} and {self.data}/{stem}.gz both hold {stem}', line)
+    self.assertNotIn('Compiled', proc.stderr)
+
+  def test_a_directory_named_like_the_file_is_called_a_directory(self):
+    path = os.path.join(self.data, 'train-images-idx3-ubyte.gz')
+    os.remove(path)
+    os.mkdir(path)
+    proc = _train(*self.flags, f'--config.data_dir={self.data}')
+    self.assertEqual(proc.returncode, 1, proc.stderr[-2000:])
+    expected = (
+      f'error: {path} is a directory, not the MNIST file train-images-idx3-ubyte.gz: remove or '
+      'rename it, and put the file there.'
+    )
+    self.assertEqual(_error_lines(proc), [expected])
+
+  def test_standard_sizes_with_other_content_warn_naming_the_file(self):
+    rng = np.random.default_rng(0)
+    test = input_pipeline.Split(
+      rng.integers(0, 256, (10_000, 28, 28), np.uint8), rng.integers(0, 10, 10_000)
+    )
+    input_pipeline.write_idx_dir(self.data, {'test': test})
+    # batch_size over the 64 training images stops the run once the data is read.
+    proc = _train(*self.flags, f'--config.data_dir={self.data}', '--config.batch_size=128')
+    self.assertEqual(proc.returncode, 1, proc.stderr[-2000:])
+    for stem in input_pipeline.IDX_FILES['test']:
+      warned = [line for line in proc.stderr.splitlines() if f'{self.data}/{stem}.gz' in line]
+      self.assertLen(warned, 1, proc.stderr[-3000:])
+      self.assertIn('not its published content', warned[0])
+
+  def test_a_small_test_set_warns_of_its_resolution_and_is_recorded(self):
+    proc = _train(*self.flags, f'--config.data_dir={self.data}', '--config.steps_per_call=2')
+    self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+    self.assertIn("The test set has 16 images, not MNIST's 10,000: its accuracy moves in steps "
+                  'of 6.25 %', proc.stderr)  # fmt: skip
+    with open(f'{self.tmp}/run/summary.json') as f:
+      self.assertEqual(json.load(f)['test_images'], 16)
+
+  def test_a_blow_up_before_any_checkpoint_says_so_and_names_the_cause(self):
+    proc = _train(
+      *self.flags, f'--config.data_dir={self.data}', '--config.learning_rate=1e6',
+      '--config.steps_per_call=1',
+    )  # fmt: skip
+    self.assertEqual(proc.returncode, 1, proc.stderr[-2000:])
+    (line,) = _error_lines(proc)
+    self.assertIn('(epoch 1); training stopped. No checkpoint was saved yet', line)
+    self.assertIn("config.learning_rate=1e+06 is 1e+07x the default config's 0.1", line)
+    self.assertNotIn('last good checkpoint', line)
+
+  def test_a_file_the_server_lacks_is_named_with_its_http_status(self):
+    served = testutil.write_idx_dir(os.path.join(self.tmp, 'served'), 16, 8)
+    os.remove(os.path.join(served, 't10k-images-idx3-ubyte.gz'))  # The first one fetched.
+    url, _, stop = testutil.serve(served)
+    self.addCleanup(stop)
+    proc = _train(*self.flags, f'--config.data_url={url}', f'--config.download_dir={self.tmp}/dl')
+    self.assertEqual(proc.returncode, 1, proc.stderr[-2000:])
+    (line,) = _error_lines(proc)
+    self.assertIn(f'{url}t10k-images-idx3-ubyte.gz: the server answered HTTP 404', line)
+    self.assertIn('--config.data_dir', line)
 
 
 def _small_run_flags(tmp: str, epochs: int) -> list[str]:

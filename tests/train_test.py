@@ -261,8 +261,9 @@ class TrainAndEvaluateTest(absltest.TestCase):
       return new_state, metrics
 
     with mock.patch.object(train, 'train_step', poisoned_step):
-      with self.assertRaisesRegex(errors.NonFiniteError, f'step {poison_step} .epoch 2'):
+      with self.assertRaisesRegex(errors.NonFiniteError, f'step {poison_step} .epoch 2') as cm:
         train.train_and_evaluate(self.config, workdir)
+    self.assertIn('The last good checkpoint (epoch 1) is kept in', str(cm.exception))
     state, epoch = _final_params(workdir, self.config)
     self.assertEqual(epoch, 1)
     chex.assert_tree_all_finite(state.params)
