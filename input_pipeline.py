@@ -18,6 +18,7 @@ import hashlib
 import math
 import os
 import shutil
+import sys
 import zlib
 from typing import NamedTuple
 
@@ -225,6 +226,8 @@ def download_mnist(url: str = MNIST_URL, download_dir: str = '') -> str:
   _check_server(urls[missing[0]])
   import tensorflow_datasets as tfds  # Lazy: slow to import, and unused for IDX folders.
 
+  if not sys.stderr.isatty():  # Its bars, written to a log file, are lines of escape codes.
+    tfds.disable_progress_bar()
   manager = tfds.download.DownloadManager(download_dir=download_dir)
   try:
     # One file at a time: when a download fails, none is still running in the background to
