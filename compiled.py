@@ -96,12 +96,17 @@ def default_steps_per_call(steps_per_epoch: int) -> tuple[int, bool]:
   XLA:CPU runs a rolled `lax.scan` body ~20x slower than the same step called on its own: in a
   loop body it leaves most weight-gradient convolutions in a layout only its slow generic
   emitter handles (bench/README.md). A scan of length 1 is lowered the same way, so on the
-  CPU the steps are traced directly instead (`unroll`), 8 per call. Accelerators run the whole
-  epoch as one rolled scan: no host round-trip per step.
+  CPU the steps are traced directly instead (`unroll`), 2 per call: XLA's compile time grows
+  with the steps unrolled (the default's 8-step call took 3-8x as long as its 1-step call),
+  while 2 steps per call trained as fast as 8 within the noise of a shared CPU (bench/README.md,
+  "Compile time"). Accelerators run the whole epoch as one rolled scan: no host round-trip.
   """
   if jax.default_backend() == 'cpu':
-    return min(8, steps_per_epoch), True
+    return min(CPU_STEPS_PER_CALL, steps_per_epoch), True
   return steps_per_epoch, False
+
+
+CPU_STEPS_PER_CALL = 2
 
 
 def data_shardings() -> tuple[NamedSharding, NamedSharding]:
@@ -180,11 +185,13 @@ def program_specs(
     index_sharding = NamedSharding(replicated.mesh, P(None, 'data'))
     batches = functools.partial(epoch_batches, num_examples=num_train, batch_size=config.batch_size)
     specs['batches'] = (jax.jit(batches, out_shardings=index_sharding), (rng,))
-  # As train.evaluate calls it: host batches of eval_batch_size (the last one padded).
+  # As train.evaluate calls it: host batches of eval_batch_size (the last one padded), split
+  # over one process's devices as the train batches are (else each evaluates the whole batch).
   n = config.eval_batch_size
-  shape = (n, *train_images.shape[1:])
-  example = (jax.ShapeDtypeStruct(shape, jnp.uint8), jax.ShapeDtypeStruct((n,), jnp.int32))
-  example = (state, *example, jax.ShapeDtypeStruct((n,), jnp.bool_))
+  one_host = jax.process_count() == 1 and n % jax.device_count() == 0
+  split = batch_sharding if one_host else None  # None: as jit places host arrays.
+  example = [((n, *train_images.shape[1:]), jnp.uint8), ((n,), jnp.int32), ((n,), jnp.bool_)]
+  example = (state, *(jax.ShapeDtypeStruct(*a, sharding=split) for a in example))
   ema = config.ema_decay > 0
   specs['eval'] = (jax.jit(functools.partial(eval_step, ema=ema)), example)
   if ema:
