@@ -21,6 +21,7 @@ import checkpointing
 import input_pipeline
 import metrics
 import plots
+import startup
 import train
 from errors import ConfigError, UserError
 
@@ -95,10 +96,13 @@ if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'A train.py workdir, finished or not.')
   flags.DEFINE_string('data_dir', None, 'IDX folder, if not the one in the run config.')
   flags.mark_flags_as_required(['workdir'])
+  startup.define_flag()
 
   def main(argv):
     del argv
     checkpointing.ignore_closed_event_loop_noise()
+    startup.quiet_start()
+    startup.enable_compile_cache(flags.FLAGS.compile_cache)
     try:
       result = analyse_workdir(flags.FLAGS.workdir, flags.FLAGS.data_dir)
     except UserError as e:

@@ -26,6 +26,7 @@ from absl import app, flags
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+import startup
 import workbook
 from metrics import write_atomically
 from nets import toy
@@ -254,6 +255,7 @@ def _numbers_validator(count: int | None = None, positive: bool = False):
 def _define_flags():
   """Defines the flags; called only when run as a script, so that importing this module (tests,
   notebooks, train.py in the same process) never collides with other modules' flags."""
+  startup.define_flag()
   flags.DEFINE_integer(
     'epochs',
     toy.COURSE_EPOCHS,
@@ -324,6 +326,8 @@ def _main_check_workbook(path: str) -> int:
 def main(argv):
   if len(argv) > 1:
     raise _error(f'unexpected arguments: {" ".join(argv[1:])}')
+  startup.quiet_start()
+  startup.enable_compile_cache(FLAGS.compile_cache)
   if FLAGS.check_workbook:
     return _main_check_workbook(FLAGS.check_workbook)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import sys
 import time
@@ -329,7 +330,8 @@ def restore_run(workdir: str, config, state: Any):
   if multihost.is_primary():
     set_aside_newer_checkpoints(manager, epoch, workdir)
   multihost.sync('checkpoints set aside')
-  manager.reload()
+  with quiet_orbax():
+    manager.reload()
   log = metrics.MetricsLog(workdir, epoch, write=multihost.is_primary())
   # Lines missing after the log's last one (killed between a save and its line, or a damaged
   # tail dropped): each kept checkpoint carries its epoch's line.
@@ -356,6 +358,7 @@ def commit_epoch(managers, state: Any, record: dict[str, Any], run: dict[str, An
   line is only ever written for a saved epoch), then drops the mid-epoch checkpoint this one
   supersedes. `managers`: (epoch manager, preempted_manager)."""
   manager, preempted = managers
+  log.stamp(record)  # Its wall-clock, saved with the checkpoint too.
   hooks.phase_marker('save', record['epoch'])
   save_checkpoint(manager, record['epoch'], state, record, run)
   hooks.phase_marker('saved', record['epoch'])
@@ -363,3 +366,28 @@ def commit_epoch(managers, state: Any, record: dict[str, Any], run: dict[str, An
   for step in preempted.all_steps():
     with quiet_orbax():
       preempted.delete(step)
+
+
+def finished_run(workdir: str, config) -> dict[str, Any] | None:
+  """The summary of a finished run of `config` in `workdir` (and one line saying so), found
+  without compiling or loading anything: its summary.json, written by a run with the same
+  settings (those that shape the weights) for `config.num_epochs` epochs, with that epoch's
+  checkpoint in place. None otherwise: a run to start or resume, or one with other settings
+  (which restore_run refuses, naming them)."""
+  try:
+    summary = json.loads(epath.Path(workdir, 'summary.json').read_text())
+    saved = summary['config']
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+  # Through JSON, as summary.json holds it (tuples become lists).
+  settings = json.loads(json.dumps(run_settings(config)))
+  same = isinstance(saved, dict) and {k: saved.get(k) for k in settings} == settings
+  epochs = config.num_epochs
+  if not same or summary.get('epochs') != epochs:
+    return None
+  if not epath.Path(workdir, 'checkpoints', str(epochs)).is_dir():
+    return None
+  if multihost.is_primary():
+    where = os.path.join(workdir, 'summary.json')
+    print(f'already trained {epochs} epochs; summary: {where}', flush=True)
+  return summary

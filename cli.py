@@ -1,6 +1,7 @@
 """train.py's command line: its flags, and every error a user can cause as one `error:` line.
 
-`run(train_fn)` loads --config, splits a CPU into devices, joins a multi-process job if
+`run(train_fn)` loads --config, splits a CPU into devices, turns the persistent compilation
+cache on (startup.py; --compile_cache moves or disables it), joins a multi-process job if
 asked, calls `train_fn(config, workdir)` and maps its exceptions to exit statuses: 1 for a
 user's error (errors.UserError, a full disk), 75 for a preemption, 130 for Ctrl-C; a bug keeps
 its traceback.
@@ -20,14 +21,15 @@ from ml_collections import config_flags
 
 import checkpointing
 import multihost
+import startup
 from errors import ConfigError, Preempted, UserError
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """--config (a configs/*.py file, any field overridable), --workdir, and the multi-host
-  and CPU-device settings."""
+  """--config (a configs/*.py file, any field overridable), --workdir, --compile_cache, and
+  the multi-host and CPU-device settings."""
   try:  # Without --config, the --config.<field> overrides are applied here.
     config_flags.DEFINE_config_file(
       'config', 'configs/mnist.py', 'Training config file (see configs/).', lock_config=True
@@ -52,6 +54,7 @@ def define_flags() -> None:
     'GPUs. 0: one per core (at most 8, dividing the batch); 1 in a multi-process job.',
     lower_bound=0,
   )
+  startup.define_flag()
   flags.mark_flags_as_required(['workdir'])
 
 
@@ -59,12 +62,14 @@ def run(train_fn: Callable[[ml_collections.ConfigDict, str], object]) -> None:
   """Runs `train_fn(config, workdir)` from the parsed flags; never returns on an error."""
   signal.signal(signal.SIGINT, exit_on_interrupt)
   checkpointing.ignore_closed_event_loop_noise()
+  startup.quiet_start()
   try:
     config = load_config(FLAGS)
     several = FLAGS.coordinator_address or FLAGS.distributed == 'auto'
     auto = 1 if several else multihost.default_cpu_devices(config.batch_size)
     # Before anything starts a JAX backend; unused when an accelerator is the default.
     jax.config.update('jax_num_cpu_devices', FLAGS.cpu_devices or auto)
+    startup.enable_compile_cache(FLAGS.compile_cache)
     multihost.start(
       FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
     )

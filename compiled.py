@@ -6,6 +6,7 @@ same `Programs`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import time
@@ -19,6 +20,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import multihost
+import startup
 from errors import NonFiniteError
 
 
@@ -94,12 +96,18 @@ def default_steps_per_call(steps_per_epoch: int) -> tuple[int, bool]:
   XLA:CPU runs a rolled `lax.scan` body ~20x slower than the same step called on its own: in a
   loop body it leaves most weight-gradient convolutions in a layout only its slow generic
   emitter handles (bench/README.md). A scan of length 1 is lowered the same way, so on the
-  CPU the steps are traced directly instead (`unroll`), 8 per call. Accelerators run the whole
+  CPU the steps are traced directly instead (`unroll`), 4 per call: XLA's compile time grows
+  with the steps unrolled (the default's 8-step call took 6-8x as long as its 1-step call, the
+  4-step one 3x), while 4 steps per call trained as fast as 8 within the noise of a shared CPU
+  and fewer lost up to ~20 % (bench/README.md, "Compile time"). Accelerators run the whole
   epoch as one rolled scan: no host round-trip per step.
   """
   if jax.default_backend() == 'cpu':
-    return min(8, steps_per_epoch), True
+    return min(CPU_STEPS_PER_CALL, steps_per_epoch), True
   return steps_per_epoch, False
+
+
+CPU_STEPS_PER_CALL = 4
 
 
 def data_shardings() -> tuple[NamedSharding, NamedSharding]:
@@ -119,21 +127,33 @@ class Programs:
   make_batches: Callable  # rng -> [steps, batch] indices of one epoch.
   eval_fn: Callable  # What the test accuracy is computed with (the EMA weights when on).
   raw_eval_fn: Callable  # The trained weights.
-  compile_seconds: float
+  compile_seconds: float  # Wall-clock of compiling them all (in parallel threads).
+  program_seconds: dict[str, float]  # Each program's trace + lower + compile, by name.
+  cache_hits: tuple[int, int] = (0, 0)  # (programs read from the persistent cache, requests).
 
 
-def compile_programs(
+# How many programs compile at once. XLA:CPU compiles one program on one thread, so a second
+# thread runs the other programs beside the longest one (bench/README.md, "Compile time").
+COMPILE_THREADS = 2
+
+
+def program_specs(
   config: ml_collections.ConfigDict,
   state: Any,
   train_images: jax.Array,
   train_labels: jax.Array,
   step_fn: Callable,
   eval_step: Callable,
-) -> Programs:
-  """Jits and compiles, ahead of time, every call a run makes, over a 'data' mesh of every
-  device: batches sharded, state and data set replicated. Auto axes: the step carries one
-  sharding constraint on the batch, and XLA's partitioner inserts the all-reduces.
+  *,
+  train: bool = True,
+) -> tuple[int, dict[str, tuple[Callable, tuple]]]:
+  """(steps per train call, {name: (jitted function, example arguments)}): every program a run
+  calls, over a 'data' mesh of every device: batches sharded, state and data set replicated.
+  Auto axes: the step carries one sharding constraint on the batch, and XLA's partitioner
+  inserts the all-reduces. `train=False` (no epoch left to train): the evaluation only.
 
+  Names: 'train K' (K steps per call; the last call of an epoch may be shorter), 'batches'
+  (an epoch's permutation), 'eval' and, with the EMA on, 'eval raw' (the trained weights).
   step_fn: (state, images_u8, labels, rng) -> (state, metrics), as train.train_step.
   eval_step: (state, images_u8, labels, mask, *, ema) -> sums and predictions.
   """
@@ -143,36 +163,99 @@ def compile_programs(
   if config.steps_per_call:
     chunk = min(config.steps_per_call, steps_per_epoch)
   replicated, batch_sharding = data_shardings()
-  replicate = multihost.replicator(replicated)
-  multi_step = jax.jit(
-    functools.partial(
-      train_steps,
-      step_fn=step_fn,
-      unroll=unroll,
-      batch_sharding=batch_sharding if jax.device_count() > 1 else None,
-    ),
-    donate_argnums=(0, 1),
-  )
+  specs = {}
+  rng = jax.random.key(0)
+  if train:
+    multi_step = jax.jit(
+      functools.partial(
+        train_steps,
+        step_fn=step_fn,
+        unroll=unroll,
+        batch_sharding=batch_sharding if jax.device_count() > 1 else None,
+      ),
+      donate_argnums=(0, 1),
+    )
+    sums = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), zero_sums()
+    )
+    for k in sorted({chunk, steps_per_epoch % chunk} - {0}, reverse=True):
+      idx = jax.ShapeDtypeStruct((k, config.batch_size), jnp.int32)
+      specs[f'train {k}'] = (multi_step, (state, sums, train_images, train_labels, idx, rng))
+    # Each device holds only its own columns of the [steps, batch] indices: its rows of every
+    # batch, gathered on device from the resident data set.
+    index_sharding = NamedSharding(replicated.mesh, P(None, 'data'))
+    batches = functools.partial(epoch_batches, num_examples=num_train, batch_size=config.batch_size)
+    specs['batches'] = (jax.jit(batches, out_shardings=index_sharding), (rng,))
+  # As train.evaluate calls it: host batches of eval_batch_size (the last one padded), split
+  # over one process's devices as the train batches are (else each evaluates the whole batch).
+  n = config.eval_batch_size
+  one_host = jax.process_count() == 1 and n % jax.device_count() == 0
+  split = batch_sharding if one_host else None  # None: as jit places host arrays.
+  example = [((n, *train_images.shape[1:]), jnp.uint8), ((n,), jnp.int32), ((n,), jnp.bool_)]
+  example = (state, *(jax.ShapeDtypeStruct(*a, sharding=split) for a in example))
+  ema = config.ema_decay > 0
+  specs['eval'] = (jax.jit(functools.partial(eval_step, ema=ema)), example)
+  if ema:
+    specs['eval raw'] = (jax.jit(eval_step), example)
+  return chunk, specs
+
+
+def compile_one(fn: Callable, args: tuple) -> tuple[Any, dict[str, float]]:
+  """fn compiled ahead of time for `args`, and the seconds of each stage (trace, lower,
+  compile: XLA's, or reading the persistent cache)."""
   t0 = time.perf_counter()
-  sums, rng = replicate(zero_sums()), jax.random.key(0)
-  train_calls = {}
-  for k in {chunk, steps_per_epoch % chunk} - {0}:
-    idx = jax.ShapeDtypeStruct((k, config.batch_size), jnp.int32)
-    lowered = multi_step.lower(state, sums, train_images, train_labels, idx, rng)
-    train_calls[k] = lowered.compile()
-  # Each device holds only its own columns of the [steps, batch] indices: its rows of every
-  # batch, gathered on device from the resident data set.
-  index_sharding = NamedSharding(replicated.mesh, P(None, 'data'))
-  make_batches = jax.jit(epoch_batches, static_argnums=(1, 2), out_shardings=index_sharding)
+  traced = fn.trace(*args)
+  t1 = time.perf_counter()
+  lowered = traced.lower()
+  t2 = time.perf_counter()
+  executable = lowered.compile()
+  t3 = time.perf_counter()
+  return executable, {'trace': t1 - t0, 'lower': t2 - t1, 'compile': t3 - t2}
+
+
+def compile_programs(
+  config: ml_collections.ConfigDict,
+  state: Any,
+  train_images: jax.Array,
+  train_labels: jax.Array,
+  step_fn: Callable,
+  eval_step: Callable,
+  *,
+  train: bool = True,
+  threads: int = COMPILE_THREADS,
+) -> Programs:
+  """Compiles, ahead of time and `threads` at a time, the programs of `program_specs`."""
+  t0 = time.perf_counter()
+  hits = startup.cache_counts()
+  chunk, specs = program_specs(
+    config, state, train_images, train_labels, step_fn, eval_step, train=train
+  )
+  with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+    futures = {name: pool.submit(compile_one, *spec) for name, spec in specs.items()}
+    done = {name: f.result() for name, f in futures.items()}
+  programs = {name: executable for name, (executable, _) in done.items()}
+  hits = tuple(b - a for a, b in zip(hits, startup.cache_counts(), strict=True))
   return Programs(
-    replicated=replicated,
-    replicate=replicate,
+    replicated=data_shardings()[0],
+    replicate=multihost.replicator(data_shardings()[0]),
     chunk=chunk,
-    train_calls=train_calls,
-    make_batches=make_batches.lower(rng, num_train, config.batch_size).compile(),
-    eval_fn=jax.jit(functools.partial(eval_step, ema=config.ema_decay > 0)),
-    raw_eval_fn=jax.jit(eval_step),
+    train_calls={int(n.split()[1]): p for n, p in programs.items() if n.startswith('train ')},
+    make_batches=programs.get('batches'),
+    eval_fn=programs['eval'],
+    raw_eval_fn=programs.get('eval raw', programs['eval']),
     compile_seconds=time.perf_counter() - t0,
+    program_seconds={name: sum(stages.values()) for name, (_, stages) in done.items()},
+    cache_hits=hits,
+  )
+
+
+def describe(programs: Programs) -> str:
+  """The compile log line: each program's seconds and what the persistent cache held."""
+  each = ', '.join(f'{name} {s:.1f} s' for name, s in programs.program_seconds.items())
+  return (
+    f'Compiled {len(programs.program_seconds)} programs in {programs.compile_seconds:.1f} s '
+    f'({each}; {startup.describe_cache(programs.cache_hits)}; backend {jax.default_backend()}, '
+    f'{jax.device_count()} device(s)).'
   )
 
 

@@ -19,6 +19,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import zlib
 from typing import NamedTuple
 
@@ -274,6 +275,8 @@ def download_mnist(url: str = MNIST_URL, download_dir: str = '') -> str:
   _check_server(urls[missing[0]])
   import tensorflow_datasets as tfds  # Lazy: slow to import, and unused for IDX folders.
 
+  if not sys.stderr.isatty():  # Its bars, written to a log file, are lines of escape codes.
+    tfds.disable_progress_bar()
   manager = tfds.download.DownloadManager(download_dir=download_dir)
   os.makedirs(folder, exist_ok=True)
   try:

@@ -14,6 +14,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,24 @@ import multihost
 
 TARGET_ACCURACY = 0.994  # The mission's bar: the first epoch at or above it is reported.
 TARGET = f'{100 * TARGET_ACCURACY:g} %'  # As tables and plots write it.
+# Record fields that differ from run to run of the same settings (tests compare the rest).
+TIMING_FIELDS = ('train_seconds', 'images_per_second', 'wall_seconds')
+
+
+def process_start_time() -> float:
+  """The time.time() at which this process started: from /proc on Linux (imports included),
+  else when this module was imported."""
+  try:
+    with open('/proc/self/stat') as f:
+      started_ticks = int(f.read().rsplit(')', 1)[1].split()[19])
+    with open('/proc/uptime') as f:
+      uptime = float(f.read().split()[0])
+    return time.time() - (uptime - started_ticks / os.sysconf('SC_CLK_TCK'))
+  except (OSError, ValueError, IndexError):
+    return _IMPORTED
+
+
+_IMPORTED = time.time()
 
 
 def is_remote(path: str) -> bool:
@@ -110,6 +129,10 @@ class MetricsLog:
     self.path = os.path.join(workdir, 'metrics.jsonl')
     # Epochs after the restored checkpoint are re-run, so their old lines are dropped.
     self.history = [r for r in read_history(self.path) if r['epoch'] <= resume_epoch]
+    # Wall-clock the processes before this one spent up to the resumed epoch (None: unknown,
+    # a record from before the field existed).
+    self.wall_before = self.history[-1].get('wall_seconds') if self.history else 0.0
+    self.started = process_start_time()
     self.write_files = write
     self.tensorboard = None
     if not write:
@@ -123,6 +146,13 @@ class MetricsLog:
   def _rewrite(self) -> None:
     """The whole file, atomically (an object store cannot append; the file is small)."""
     write_text(self.path, ''.join(json.dumps(r) + '\n' for r in self.history))
+
+  def stamp(self, record: dict[str, Any]) -> None:
+    """Adds `wall_seconds` to an epoch's record: wall-clock from the start of the run's
+    first process to now (imports, data, compile and evaluation included; a resumed run adds
+    the seconds its earlier processes spent up to the epoch it resumed from)."""
+    elapsed = time.time() - self.started
+    record['wall_seconds'] = None if self.wall_before is None else self.wall_before + elapsed
 
   def write(self, record: dict[str, Any]) -> None:
     self.history.append(record)
@@ -180,6 +210,7 @@ def summarize(history: list[dict[str, Any]], final_accuracy: float, **run: Any) 
   devices, compile seconds...)."""
   accs = [r['test_accuracy'] for r in history]
   first_epoch, seconds_to_target = first_at_target(history)
+  at_target = [r for r in history if r['epoch'] == first_epoch]
   return {
     'params': run.pop('params'),
     'arch': run.pop('arch'),
@@ -192,6 +223,8 @@ def summarize(history: list[dict[str, Any]], final_accuracy: float, **run: Any) 
     'min_last3_test_accuracy': min(accs[-3:]) if accs else None,
     'first_epoch_at_target': first_epoch,
     'train_seconds_to_target': seconds_to_target,
+    # Wall-clock from the process start to the end of that epoch, everything included.
+    'seconds_to_target': at_target[0].get('wall_seconds') if at_target else None,
     'target_accuracy': TARGET_ACCURACY,
     'train_seconds': sum(r['train_seconds'] for r in history),
     **run,
@@ -206,6 +239,25 @@ HEADER = (
   f'| first epoch ≥ {TARGET} | epochs | train s | compile s | hardware |\n'
   '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |'
 )
+# HEADER with one more column: the wall-clock seconds from the process start to the target.
+WALL_HEADER = HEADER.replace('| hardware |', f'| hardware | s to {TARGET} |').replace(
+  '| --- |', '| --- | ---: |'
+)
+
+
+def has_wall_seconds(summaries: list[dict]) -> bool:
+  """Whether a seed table of these runs takes WALL_HEADER: some run records seconds_to_target
+  (the summaries of runs from before the field existed do not; their tables keep HEADER)."""
+  return any('seconds_to_target' in s for s in summaries)
+
+
+def table_row(s: dict, wall: bool) -> str:
+  """`row`, with the seconds-to-target column of WALL_HEADER when `wall` ('—': never, or a
+  run from before the field existed)."""
+  if not wall:
+    return row(s)
+  seconds = s.get('seconds_to_target')
+  return f'{row(s)} {"—" if seconds is None else f"{seconds:.0f}"} |'
 
 
 def row(s: dict) -> str:

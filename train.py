@@ -190,12 +190,14 @@ def evaluate(
 
 
 def compile_programs(
-  config: ml_collections.ConfigDict, state: TrainState, train_images, train_labels
+  config: ml_collections.ConfigDict, state: TrainState, train_images, train_labels, **options
 ) -> compiled.Programs:
   """Every compiled call of a run of `config` (compiled.compile_programs) on `train_step`."""
   fields = ('max_degrees', 'max_shift', 'label_smoothing', 'ema_decay')
   step_fn = functools.partial(train_step, **{k: config[k] for k in fields})
-  return compiled.compile_programs(config, state, train_images, train_labels, step_fn, eval_step)
+  return compiled.compile_programs(
+    config, state, train_images, train_labels, step_fn, eval_step, **options
+  )
 
 
 # ----------------------------------------------------------------------------- the run
@@ -260,6 +262,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """train_and_evaluate, once the config is checked and the workdir is this run's alone."""
+  if finished := checkpointing.finished_run(workdir, config):  # Nothing to train or compile.
+    return finished
   data = input_pipeline.get_datasets(config.data_dir, config.data_url, config.download_dir)
   preflight.validate_data(config, data)
   if multihost.is_primary():
@@ -276,16 +280,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   manager, state, start_epoch, log = checkpointing.restore_run(workdir, config, replicate(state))
   hooks.phase_marker('resumed', start_epoch)
   train_data = replicate((train.images, train.labels))
-  programs = compile_programs(config, state, *train_data)
+  programs = compile_programs(config, state, *train_data, train=start_epoch < config.num_epochs)
   run = checkpointing.run_settings(config)
   preempted, state, resume = checkpointing.restore_mid_epoch(
     workdir, config, state, programs.replicate(compiled.zero_sums()), start_epoch + 1
   )
-  logging.info(
-    'Compiled %s-step train calls in %.1f s (backend %s, %d device(s)).',
-    sorted(programs.train_calls), programs.compile_seconds, jax.default_backend(),
-    jax.device_count(),
-  )  # fmt: skip
+  logging.info(compiled.describe(programs))
   schedule = make_schedule(config, steps_per_epoch)  # For logging the LR each epoch used last.
   for epoch in range(start_epoch + 1, config.num_epochs + 1):
     try:

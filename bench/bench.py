@@ -1,16 +1,19 @@
-"""Training and evaluation throughput of the default CNN: JAX beside PyTorch, in one run.
+"""Training and evaluation throughput of what `make train` runs: JAX beside PyTorch, in one run.
 
-  python -m bench.bench --out=bench/results/cpu.json
-  python -m bench.bench --augment --rounds=7          # both sides with rotation + shift
+  python -m bench.bench --out=bench/results/cpu.json  # configs/mnist.py, as train.py runs it
+  python -m bench.bench --config=configs/gap.py --batch_size=128 --augment=false --cpu_devices=1
   python -m bench.bench --notorch                     # JAX only (no PyTorch installed)
 
-JAX trains nets.cnn 'gap' with train.train_step / compiled.train_steps (data on the device,
-the driving loop of train.train_and_evaluate: a jitted, donated `lax.scan` over
-`steps_per_call` steps, the whole epoch on accelerators). PyTorch trains bench/torch_cnn.py,
-the same network (parameter count asserted), with the same batch size, the same MNIST images
-and SGD + Nesterov momentum, one optimizer.step() per batch, as its users write it. When JAX
-runs on a GPU, PyTorch runs on it too (--torch_device): data set on the GPU, cuDNN autotuning
-on, the loss summed on the device (one sync per round, as the JAX side).
+By default JAX trains the default config (configs/mnist.py: its net, batch size, augmentation,
+dropout and weight average) on the trainer's device split (train.py's: one CPU device per core,
+dividing the batch; --cpu_devices=N forces a count), through the trainer's own compiled calls
+(train.compile_programs: data on the device, the donated multi-step call, the whole epoch on
+accelerators). --config, --arch, --batch_size and --augment time something else. PyTorch trains
+bench/torch_cnn.py, the same network (parameter count asserted; its dropout is off and it keeps
+no weight average), with the same batch size, images, augmentation and SGD + Nesterov momentum,
+one optimizer.step() per batch, as its users write it. When JAX runs on a GPU, PyTorch runs on
+it too (--torch_device): data set on the GPU, cuDNN autotuning on, the loss summed on the
+device (one sync per round, as the JAX side).
 
 Timed rounds alternate between the frameworks (JAX, PyTorch, PyTorch, JAX, ...), so a load
 that comes and goes hits both alike; the medians over rounds are reported, compile time
@@ -36,16 +39,24 @@ REPO = os.path.dirname(BENCH)
 FLAGS = flags.FLAGS
 flags.DEFINE_string('data_dir', os.path.join(REPO, '..', 'shared', 'mnist'), 'MNIST IDX folder.')
 flags.DEFINE_string(
-  'arch', 'gap', 'nets.cnn.ARCHITECTURES name or layer spec, trained on both sides.'
+  'config', 'configs/mnist.py', 'The config whose net and recipe both sides train (make train).'
 )
-flags.DEFINE_integer('batch_size', 128, 'Training batch size (both frameworks).')
-flags.DEFINE_integer('eval_batch_size', 1000, 'Evaluation batch size (both frameworks).')
+flags.DEFINE_string(
+  'arch', '', "nets.cnn.ARCHITECTURES name or layer spec, trained on both sides; '' = the config's."
+)
+flags.DEFINE_integer('batch_size', 0, "Training batch size (both frameworks); 0 = the config's.")
+flags.DEFINE_integer('eval_batch_size', 0, "Evaluation batch size (both); 0 = the config's.")
+flags.DEFINE_integer(
+  'cpu_devices', 0, 'JAX CPU devices; 0 = as train.py (one per core, dividing the batch).'
+)
 flags.DEFINE_integer('rounds', 5, 'Timed rounds per framework (the median is reported).')
 flags.DEFINE_integer(
   'round_steps', 0, 'Train steps per timed round; 0 = one epoch on accelerators, 64 on CPU.'
 )
 flags.DEFINE_integer('steps_per_call', 0, 'JAX steps per jitted call; 0 = the trainer default.')
-flags.DEFINE_bool('augment', False, 'Random rotation (7 deg) and shift (2 px) on both sides.')
+flags.DEFINE_bool(
+  'augment', None, "Rotation (7 deg) and shift (2 px) on both sides, or none; unset: the config's."
+)
 flags.DEFINE_bool('torch', True, 'Time PyTorch beside JAX (needs the `bench` extra).')
 flags.DEFINE_enum('torch_loader', 'slice', ['slice', 'dataloader'], 'How PyTorch gets batches.')
 flags.DEFINE_enum(
@@ -62,7 +73,24 @@ flags.DEFINE_string('xla_flags', None, 'XLA_FLAGS for this run (default: bench d
 flags.DEFINE_string('out', '', 'Write the results as JSON here.')
 flags.DEFINE_integer('seed', 0, 'Seeds init, shuffling and augmentation (both sides).')
 
-MAX_DEGREES, MAX_SHIFT = 7.0, 2.0  # configs/mnist.py's augmentation, used with --augment.
+MAX_DEGREES, MAX_SHIFT = 7.0, 2.0  # configs/gap.py's augmentation, used with --augment.
+
+
+def bench_config():
+  """--config with the flags that override it (its net, batch sizes, augmentation, seed)."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location('bench_config', os.path.join(REPO, FLAGS.config))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.arch = FLAGS.arch or config.arch
+  config.batch_size = FLAGS.batch_size or config.batch_size
+  config.eval_batch_size = FLAGS.eval_batch_size or config.eval_batch_size
+  config.steps_per_call, config.seed = FLAGS.steps_per_call, FLAGS.seed
+  if FLAGS.augment is not None:
+    config.max_degrees, config.max_shift = (MAX_DEGREES, MAX_SHIFT) if FLAGS.augment else (0, 0)
+  return config
 
 
 def median_rate(images: int, seconds: list[float]) -> float:
@@ -76,22 +104,15 @@ class JaxSide:
   """The trainer's own compiled calls (`train.compile_programs`), so what is timed is what
   `train.py` runs: state, on-device data, the donated multi-step call, evaluation."""
 
-  def __init__(self, data, batch_size, eval_batch_size, steps_per_call, augment, seed):
+  def __init__(self, data, config):
     import jax
-    import jax.numpy as jnp
 
     import compiled
     import train
-    from configs import gap
 
     self.jax, self.train, self.zero_sums = jax, train, compiled.zero_sums
-    config = gap.get_config()
-    config.arch = FLAGS.arch
-    config.batch_size, config.eval_batch_size, config.seed = batch_size, eval_batch_size, seed
-    config.steps_per_call = steps_per_call
-    config.max_degrees = MAX_DEGREES if augment else 0.0
-    config.max_shift = MAX_SHIFT if augment else 0.0
     self.config = config
+    batch_size, seed = config.batch_size, config.seed
     self.num_train = len(data['train'].labels)
     self.steps_per_epoch = self.num_train // batch_size
     init_rng, self.perm_rng, self.step_rng = jax.random.split(jax.random.key(seed), 3)
@@ -107,13 +128,10 @@ class JaxSide:
     self.programs = train.compile_programs(config, self.state, *self.train_data)
     self.chunk = self.programs.chunk
     self.step_call = self.programs.train_calls[self.chunk]
-    self.compile_train_s = self.programs.compile_seconds
-    t0 = time.perf_counter()
-    n = eval_batch_size
-    self.programs.raw_eval_fn.lower(
-      self.state, self.test.images[:n], self.test.labels[:n], jnp.ones(n, bool)
-    ).compile()
-    self.compile_eval_s = time.perf_counter() - t0
+    seconds = self.programs.program_seconds
+    self.compile_eval_s = seconds.get('eval raw', seconds['eval'])
+    self.compile_train_s = sum(v for k, v in seconds.items() if k.startswith('train '))
+    self.compile_wall_s = self.programs.compile_seconds  # All of them, two threads at a time.
     self.epoch, self.batches, self.cursor = 0, None, self.steps_per_epoch
 
   def train_round(self, steps: int) -> float:
@@ -161,9 +179,8 @@ class JaxSide:
 class TorchSide:
   """bench/torch_cnn.py trained the way its users write it: one optimizer.step() per batch."""
 
-  def __init__(
-    self, data, batch_size, eval_batch_size, loader, augment, seed, threads, config, device
-  ):
+  def __init__(self, data, loader, threads, config, device):
+    batch_size, eval_batch_size, seed = config.batch_size, config.eval_batch_size, config.seed
     import torch
     import torch.nn.functional as F
     import torch_cnn
@@ -179,7 +196,9 @@ class TorchSide:
       # keeps the fastest for these fixed shapes.
       torch.backends.cudnn.benchmark = True
     self.generator = torch.Generator().manual_seed(seed)  # CPU: shuffles and augmentation.
-    self.model = torch_cnn.build(FLAGS.arch).to(self.device)
+    self.max_degrees, self.max_shift = config.max_degrees, config.max_shift
+    augment = bool(self.max_degrees or self.max_shift)
+    self.model = torch_cnn.build(config.arch).to(self.device)
     self.num_params = torch_cnn.count_params(self.model)
     self.batch_size, self.eval_batch_size, self.augment = batch_size, eval_batch_size, augment
     self.mean, self.std = input_pipeline.PIXEL_MEAN, input_pipeline.PIXEL_STD
@@ -232,7 +251,7 @@ class TorchSide:
     for _ in range(steps):
       x, y = self._next_batch()
       if self.augment:
-        x = self.torch_cnn.augment(x, MAX_DEGREES, MAX_SHIFT, self.generator)
+        x = self.torch_cnn.augment(x, self.max_degrees, self.max_shift, self.generator)
       x = (x - self.mean) / self.std
       self.optimizer.zero_grad(set_to_none=True)
       loss = F.cross_entropy(self.model(x), y)
@@ -280,15 +299,18 @@ def main(argv):
   import input_pipeline
   import multihost
 
+  config = bench_config()
+  # As train.py splits a CPU (cli.run): before anything starts a JAX backend.
+  devices = FLAGS.cpu_devices or multihost.default_cpu_devices(config.batch_size)
+  jax.config.update('jax_num_cpu_devices', devices)
   data = input_pipeline.get_datasets(FLAGS.data_dir)
   sides = {}
-  sides['jax:repo'] = jx = JaxSide(
-    data, FLAGS.batch_size, FLAGS.eval_batch_size, FLAGS.steps_per_call, FLAGS.augment, FLAGS.seed
-  )
+  sides['jax:repo'] = jx = JaxSide(data, config)
   print(
-    f'jax:repo: JAX {jax.__version__} on {jax.default_backend()} '
-    f'({jax.devices()[0].device_kind}), {jx.num_params:,} params; {jx.chunk} steps per call; '
-    f'compile: train {jx.compile_train_s:.1f} s, eval {jx.compile_eval_s:.1f} s',
+    f'jax:repo: JAX {jax.__version__} on {jax.default_backend()} x{jax.device_count()} '
+    f'({jax.devices()[0].device_kind}), {config.arch}, {jx.num_params:,} params, batch '
+    f'{config.batch_size}; {jx.chunk} steps per call; compile: train {jx.compile_train_s:.1f} s, '
+    f'eval {jx.compile_eval_s:.1f} s ({jx.compile_wall_s:.1f} s wall for all)',
     flush=True,
   )
   round_steps = FLAGS.round_steps or (64 if jax.default_backend() == 'cpu' else jx.steps_per_epoch)
@@ -307,17 +329,7 @@ def main(argv):
         raise app.UsageError(f'--torch_device=cuda, but torch {torch.__version__} sees no GPU.')
       torch_threads = torch_threads[:1]  # The GPU does the work; one side is enough.
     for threads in torch_threads:
-      th = TorchSide(
-        data,
-        FLAGS.batch_size,
-        FLAGS.eval_batch_size,
-        FLAGS.torch_loader,
-        FLAGS.augment,
-        FLAGS.seed,
-        threads,
-        jx.config,
-        torch_device,
-      )
+      th = TorchSide(data, FLAGS.torch_loader, threads, jx.config, torch_device)
       if th.num_params != jx.num_params:
         raise AssertionError(f'PyTorch net has {th.num_params:,} params, flax {jx.num_params:,}.')
       sides['torch:cuda' if torch_device == 'cuda' else f'torch:{threads}t'] = th
@@ -339,11 +351,11 @@ def main(argv):
       if FLAGS.eval:
         times[name]['eval'].append(sides[name].eval_round())
     line = '  '.join(
-      f'{n} {round_steps * FLAGS.batch_size / times[n]["train"][-1]:6.0f}' for n in order
+      f'{n} {round_steps * config.batch_size / times[n]["train"][-1]:6.0f}' for n in order
     )
     print(f'round {r + 1}/{FLAGS.rounds} train img/s: {line}', flush=True)
 
-  images = round_steps * FLAGS.batch_size
+  images = round_steps * config.batch_size
   n_test = len(data['test'].labels)
   results = {}
   for name, side in sides.items():
@@ -407,21 +419,26 @@ def main(argv):
     },
     'xla_flags': os.environ.get('XLA_FLAGS', ''),
     'settings': {
-      'batch_size': FLAGS.batch_size,
-      'eval_batch_size': FLAGS.eval_batch_size,
+      'batch_size': config.batch_size,
+      'eval_batch_size': config.eval_batch_size,
       'rounds': FLAGS.rounds,
       'round_steps': round_steps,
-      'augment': FLAGS.augment,
+      'max_degrees': config.max_degrees,
+      'max_shift': config.max_shift,
+      'ema_decay': config.ema_decay,
+      'dropout_rate': config.dropout_rate,
+      'devices': jax.device_count(),
       'torch_loader': FLAGS.torch_loader,
       'torch_threads': torch_threads if FLAGS.torch else None,
       'torch_device': torch_device,
-      'arch': FLAGS.arch,
+      'config': FLAGS.config,
+      'arch': jx.config.arch,
       'params': jx.num_params,
     },
     'results': results,
     'ratios_jax_over_torch': ratios,
   }
-  print(f'\nmedians of {FLAGS.rounds} rounds of {round_steps} steps x {FLAGS.batch_size} images:')
+  print(f'\nmedians of {FLAGS.rounds} rounds of {round_steps} steps x {config.batch_size} images:')
   for name in order:
     r = results[name]
     ev = f', eval {r["eval"]["images_per_s"]:8,.0f} img/s' if FLAGS.eval else ''

@@ -33,7 +33,7 @@ from absl import app, flags, logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = 'S6JAX_PHASE '
-TIMING_FIELDS = ('train_seconds', 'images_per_second')
+TIMING_FIELDS = ('train_seconds', 'images_per_second', 'wall_seconds')  # metrics.TIMING_FIELDS
 # Phases a kill can aim at; start-up is timed from the process start, the others from the
 # marker train.py writes as each begins ('resumed' is followed by the compilation).
 PHASES = ('startup', 'compile', 'train', 'eval', 'save', 'final')

@@ -50,6 +50,21 @@ class CnnTest(parameterized.TestCase):
     self.assertEqual(cnn.param_count(model), EXPECTED_PARAMS[arch])
     self.assertLess(cnn.param_count(model), 20_000)
 
+  def test_init_is_one_program_with_flax_eager_values(self):
+    model, rng = cnn.build('spatial', 0.1), jax.random.key(7)
+    lowerings = []
+
+    def listen(event, duration, **kwargs):
+      if event == '/jax/core/compile/jaxpr_to_mlir_module_duration':
+        lowerings.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    self.addCleanup(jax.monitoring.unregister_event_duration_listener, listen)
+    variables = cnn.init(model, rng, image_shape=(20, 20, 1))  # A shape no other test uses.
+    self.assertLess(len(lowerings), 5)  # Flax's eager init lowers one per operation (~70).
+    eager = model.init({'params': rng}, jnp.zeros((1, 20, 20, 1)), train=False)
+    chex.assert_trees_all_equal(variables, eager)  # Bit for bit.
+
   def test_every_architecture_has_an_expected_count(self):
     self.assertEqual(set(cnn.ARCHITECTURES), set(EXPECTED_PARAMS))
 

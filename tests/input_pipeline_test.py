@@ -249,6 +249,15 @@ class DownloadTest(parameterized.TestCase):
     self.assertEqual(self.requests, first, 'the second run made requests')
     np.testing.assert_array_equal(again['test'].images, expected['test'].images)
 
+  def test_no_progress_bars_off_a_terminal(self):
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    self.addCleanup(tqdm_utils.display_progress_bar, tqdm_utils._active)
+    tqdm_utils.enable_progress_bar()
+    with mock.patch.object(sys.stderr, 'isatty', return_value=False):
+      input_pipeline.get_datasets('', self.url, self.cache)
+    self.assertFalse(tqdm_utils._active)  # TFDS's bars would be escape codes in a log file.
+
   def test_a_recompressed_mirror_passes(self):
     # The sums are of the content, so a mirror that gzips at another level is accepted.
     for name in os.listdir(self.served):

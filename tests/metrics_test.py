@@ -95,6 +95,49 @@ class SummarizeTest(absltest.TestCase):
     s = metrics.summarize([], 0.1, params=1, arch='x', seed=0)
     self.assertIsNone(s['best_test_accuracy'])
     self.assertIsNone(s['first_epoch_at_target'])
+    self.assertIsNone(s['seconds_to_target'])
+
+  def test_seconds_to_target_is_the_wall_clock_of_the_first_epoch_at_it(self):
+    history = [
+      {'epoch': e, 'train_seconds': 1.5, 'test_accuracy': a, 'wall_seconds': w}
+      for e, a, w in ((1, 0.990, 30.0), (2, 0.996, 34.5), (3, 0.997, 39.0))
+    ]
+    s = metrics.summarize(history, 0.997, params=1, arch='x', seed=0)
+    self.assertEqual((s['seconds_to_target'], s['train_seconds_to_target']), (34.5, 3.0))
+    never = metrics.summarize(history[:1], 0.99, params=1, arch='x', seed=0)
+    self.assertIsNone(never['seconds_to_target'])
+    older = [{k: v for k, v in r.items() if k != 'wall_seconds'} for r in history]
+    self.assertIsNone(
+      metrics.summarize(older, 0.997, params=1, arch='x', seed=0)['seconds_to_target']
+    )
+
+
+class WallSecondsTest(absltest.TestCase):
+  def test_the_process_start_is_before_its_imports(self):
+    import time
+
+    import psutil
+
+    start = metrics.process_start_time()
+    self.assertLess(start, metrics._IMPORTED)
+    self.assertAlmostEqual(start, psutil.Process().create_time(), delta=1.5)
+    self.assertLess(time.time() - start, 24 * 3600)
+
+  def test_a_resumed_run_adds_the_seconds_of_its_earlier_processes(self):
+    workdir = self.create_tempdir().full_path
+    log = metrics.MetricsLog(workdir, 0)
+    first = {'epoch': 1, 'test_accuracy': 0.9}
+    log.stamp(first)
+    log.write(first)
+    log.close()
+    self.assertGreater(first['wall_seconds'], 0)
+    resumed = metrics.MetricsLog(workdir, 1)
+    resumed.started = metrics.process_start_time() + 100.0  # A later process.
+    second = {'epoch': 2}
+    resumed.stamp(second)
+    resumed.close()
+    self.assertLess(second['wall_seconds'], first['wall_seconds'])  # Its own start is later,
+    self.assertGreater(second['wall_seconds'], first['wall_seconds'] - 100.0)  # plus epoch 1's.
 
 
 class RowTest(absltest.TestCase):
@@ -114,6 +157,16 @@ class RowTest(absltest.TestCase):
       '| 3 | 7,786 | 99.57 | 99.54 | 99.53 | 99.51 | 5 | 15 | 1185 | 18 '
       '| 1× cpu (Intel(R) Xeon(R) Processor, 2 cores) |',
     )
+
+  def test_the_wall_column_shows_seconds_to_target_or_a_dash(self):
+    s = {**self.SUMMARY, 'seconds_to_target': 212.4}
+    self.assertTrue(metrics.has_wall_seconds([self.SUMMARY, s]))
+    self.assertFalse(metrics.has_wall_seconds([self.SUMMARY]))
+    self.assertEqual(metrics.table_row(s, wall=True), metrics.row(s) + ' 212 |')
+    self.assertEqual(metrics.table_row(self.SUMMARY, wall=True), metrics.row(self.SUMMARY) + ' — |')
+    self.assertEqual(metrics.table_row(s, wall=False), metrics.row(s))
+    columns = [line.count('|') for line in metrics.WALL_HEADER.splitlines()]
+    self.assertEqual(columns, [metrics.table_row(s, wall=True).count('|')] * 2)
 
   def test_accelerator_runs_and_older_summaries_name_the_devices_only(self):
     gpu = {**self.SUMMARY, 'device_kind': 'NVIDIA H200', 'cpu_model': 'AMD EPYC', 'cpu_cores': 16}

@@ -16,6 +16,7 @@ import time
 
 from absl.testing import absltest, parameterized
 
+import metrics
 from tests import testutil
 
 EPOCHS = 3  # 64 images in batches of 16: 4 steps an epoch, one step per call.
@@ -25,7 +26,7 @@ EPOCHS = 3  # 64 images in batches of 16: 4 steps an epoch, one step per call.
 # under 1e-5. At 0.01 the layouts stay within 1e-7 on the Xeon: the 1e-5 tolerance then tests
 # the sharding, not the CPU's rounding.
 LEARNING_RATE = 0.01
-TIMING = ('train_seconds', 'images_per_second')
+TIMING = metrics.TIMING_FIELDS
 
 
 def free_port() -> int:

@@ -24,6 +24,7 @@ from absl.testing import absltest, parameterized
 import checkpointing
 import errors
 import input_pipeline
+import metrics
 import train
 from configs import mnist
 from scripts import crash_resume
@@ -34,7 +35,7 @@ def _read_metrics(workdir):
   """metrics.jsonl without its timing fields."""
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
-  timing = ('train_seconds', 'images_per_second')
+  timing = metrics.TIMING_FIELDS
   return [{k: v for k, v in r.items() if k not in timing} for r in records]
 
 
@@ -404,6 +405,33 @@ class TerminalTest(absltest.TestCase):
     for noise in ('Traceback', 'Exception ignored', 'Event loop is closed'):
       self.assertNotIn(noise, rerun.stderr)
     self.assertLess(len(lines), 40, rerun.stderr)
+
+
+class FinishedRunTest(absltest.TestCase):
+  def test_a_finished_run_stays_finished_and_a_longer_one_is_refused(self):
+    tmp = self.create_tempdir().full_path
+    flags = _small_run_flags(tmp, epochs=1)
+    run = functools.partial(
+      subprocess.run, cwd=testutil.REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    first = run([sys.executable, 'train.py', *flags])
+    self.assertEqual(first.returncode, 0, first.stderr[-2000:])
+    # A quiet start: JAX's TPU probe on a machine without a TPU is not what a run prints first.
+    self.assertNotIn("Unable to initialize backend 'tpu'", first.stderr)
+    self.assertIn('from the compilation cache', first.stderr)  # The compile line says so.
+    with open(f'{tmp}/run/summary.json') as f:
+      self.assertIn('seconds_to_target', json.load(f))
+    again = run([sys.executable, 'train.py', *flags])
+    self.assertEqual(again.returncode, 0, again.stderr[-2000:])
+    self.assertEqual(again.stdout, f'already trained 1 epochs; summary: {tmp}/run/summary.json\n')
+    self.assertEqual(again.stderr, '')  # No compile, no other line.
+    longer = run([sys.executable, 'train.py', *flags, '--config.num_epochs=2'])
+    self.assertEqual(longer.returncode, 1, longer.stderr[-2000:])
+    last = longer.stderr.strip().splitlines()[-1]
+    self.assertStartsWith(last, 'error: no usable checkpoint')
+    self.assertIn('saved by a run with other settings: num_epochs=1 (now 2)', last)
+    self.assertNotIn('Compiled', longer.stderr)
+    self.assertNotIn('Cleaning up existing temporary directories', longer.stderr)  # orbax INFO
 
 
 class InterruptTest(parameterized.TestCase):

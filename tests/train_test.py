@@ -26,7 +26,7 @@ from tests import testutil
 def _read_metrics(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
-  timing = ('train_seconds', 'images_per_second')
+  timing = metrics.TIMING_FIELDS
   return [{k: v for k, v in r.items() if k not in timing} for r in records]
 
 
