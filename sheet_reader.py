@@ -77,7 +77,7 @@ INPUT_NAMES = ('i1', 'i2', 't1', 't2', 'lr')
 # row above), the forward pass and E, the eight gradients.
 QUANTITIES = (*toy.WEIGHT_NAMES, *toy.INTERMEDIATE_NAMES, *toy.GRADIENT_NAMES)
 DISPLAY = {
-  **{q: q for q in QUANTITIES},
+  **{q: q for q in (*QUANTITIES, *INPUT_NAMES)},
   **{f'dE_d{w}': f'∂E/∂{w}' for w in toy.WEIGHT_NAMES},
   'lr': 'η',
 }
@@ -134,7 +134,7 @@ class Table:
   columns: dict  # canonical name -> header cell (the first, where two cells name it)
   rows: tuple[int, ...]  # sheet row numbers of the data rows
   duplicates: dict  # canonical name -> every header cell naming it, where more than one does
-  unrecognised: tuple  # header cells of the table's span that name nothing recognised
+  unrecognised: tuple  # the table's other header cells, which name nothing recognised
 
   def values(self, name: str) -> list:
     return [self.ws.cell(r, self.columns[name].column).value for r in self.rows]
@@ -153,18 +153,24 @@ class Table:
 
 
 def _header_groups(row) -> list[tuple[dict, dict, list]]:
-  """The header cells of one row split into tables side by side: a name seen again once the
-  current group holds all eight weights starts the next group. (names, duplicates, others)."""
-  groups, names, dups, others = [], {}, {}, []
+  """The header cells of one row split into tables side by side: a name seen again, once the
+  current table names all eight weights, starts the next table where the cells from it on name
+  all eight weights too (else it is a duplicate header of the current table). Each group: (first cell by name, duplicates by name, unrecognised cells)."""
+  named = []
   for cell in row:
-    if not isinstance(cell.value, str) or is_empty(cell.value):
-      continue
-    name = canonical_name(cell.value)
+    if isinstance(cell.value, str) and not is_empty(cell.value):
+      named.append((cell, canonical_name(cell.value)))
+  weights_from = [set() for _ in range(len(named) + 1)]  # weights named from index k on
+  for k in range(len(named) - 1, -1, -1):
+    weights_from[k] = weights_from[k + 1] | {named[k][1]} & set(toy.WEIGHT_NAMES)
+  groups, names, dups, others = [], {}, {}, []
+  for k, (cell, name) in enumerate(named):
     if name is None:
       if normalize_header(cell.value) not in IGNORED_HEADERS:
         others.append(cell)
       continue
-    if name in names and all(w in names for w in toy.WEIGHT_NAMES):
+    complete = all(w in names for w in toy.WEIGHT_NAMES)
+    if name in names and complete and len(weights_from[k]) == len(toy.WEIGHT_NAMES):
       groups.append((names, dups, others))
       names, dups, others = {}, {}, []
     if name in names:
@@ -209,10 +215,7 @@ def find_tables(ws) -> tuple[list[Table], list[tuple[int, int]]]:
       if len(rows) < MIN_TABLE_ROWS:
         legends.append((header_row, names, len(rows)))
         continue
-      lo = min(c.column for c in names.values())
-      hi = max(c.column for c in names.values())
-      unrecognised = tuple(c for c in others if lo <= c.column <= hi)
-      tables.append(Table(ws, header_row, names, rows, dups, unrecognised))
+      tables.append(Table(ws, header_row, names, rows, dups, tuple(others)))
   return tables, legends
 
 

@@ -363,12 +363,13 @@ def _roundings(table: sr.Table) -> tuple[dict, dict]:
 def _rounding_note(digits: dict) -> str | None:
   if not digits:
     return None
-  hows = sorted(set(digits.values()))
+  hows = sorted(set(digits.values()), key=lambda h: (h.split()[1], int(h.split()[0])))
+  counts = ', '.join(f'{h} in {sum(d == h for d in digits.values())}' for h in hows)
   return (
-    f'values stored rounded ({" or ".join(hows)}, in {len(digits)} columns): each cell was '
-    'allowed the rounding its stored digits imply (and the rounding of the weights it is '
-    'computed from); a column that is off by the same relative amount in every row is a '
-    'formula error, not rounding, and is reported as such'
+    f'values stored rounded (columns by their stored digits: {counts}): each cell was allowed '
+    'the rounding its stored digits imply (and the rounding of the weights it is computed '
+    'from); a column that is off by the same relative amount in every row is a formula error, '
+    'not rounding, and is reported as such'
   )
 
 
