@@ -155,7 +155,8 @@ class Table:
 def _header_groups(row) -> list[tuple[dict, dict, list]]:
   """The header cells of one row split into tables side by side: a name seen again, once the
   current table names all eight weights, starts the next table where the cells from it on name
-  all eight weights too (else it is a duplicate header of the current table). Each group: (first cell by name, duplicates by name, unrecognised cells)."""
+  all eight weights too (else it is a duplicate header of the current table).
+  Each group: (first cell by name, duplicates by name, unrecognised cells)."""
   named = []
   for cell in row:
     if isinstance(cell.value, str) and not is_empty(cell.value):
