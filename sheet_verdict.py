@@ -353,7 +353,8 @@ def _roundings(table: sr.Table) -> tuple[dict, dict]:
   for name in table.columns:
     values = table.numbers(name)
     budgets[name], how = rounding(values)
-    if how and np.any(budgets[name] > ROUNDED * np.abs(values)):
+    # Inputs in columns are typed values (0.05), compared with themselves: never 'rounded'.
+    if how and name in sr.QUANTITIES and np.any(budgets[name] > ROUNDED * np.abs(values)):
       digits[name] = how
   for name in sr.QUANTITIES:
     budgets.setdefault(name, np.zeros(len(table.rows)))
