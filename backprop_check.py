@@ -320,7 +320,7 @@ def _main_check_workbook(path: str) -> int:
       (recomputed,) = workbook.recalculate_with_libreoffice([path], tmp)
       reports = workbook.check_workbook(recomputed)
   print(workbook.format_report(path, reports))
-  return 0 if workbook.workbook_agrees(reports) else 1
+  return workbook.exit_status(reports)
 
 
 def main(argv):

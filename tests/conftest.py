@@ -57,7 +57,7 @@ SLOW_FILES = {
 # Classes in otherwise quick files that start subprocesses, LibreOffice or a download server,
 # compile every probe net, or write real orbax checkpoints.
 SLOW_CLASSES = {
-  'ScriptTest', 'LibreOfficeTest', 'CheckWorkbookCommandTest', 'DownloadTest',
+  'ScriptTest', 'LibreOfficeTest', 'CheckWorkbookCommandTest', 'SheetCommandTest', 'DownloadTest',
   'CheckpointIntegrityTest', 'EveryNetCompilesTest', 'RandomShapesTest', 'WheelTest',
 }  # fmt: skip
 
