@@ -372,8 +372,9 @@ def finished_run(workdir: str, config) -> dict[str, Any] | None:
   """The summary of a finished run of `config` in `workdir` (and one line saying so), found
   without compiling or loading anything: its summary.json, written by a run with the same
   settings (those that shape the weights) for `config.num_epochs` epochs, with that epoch's
-  checkpoint in place. None otherwise: a run to start or resume, or one with other settings
-  (which restore_run refuses, naming them)."""
+  checkpoint in place and passing its checks, and every epoch's metrics line. None otherwise:
+  a run to start, resume or repair, or one with other settings (which restore_run refuses,
+  naming them)."""
   try:
     summary = json.loads(epath.Path(workdir, 'summary.json').read_text())
     saved = summary['config']
@@ -385,9 +386,34 @@ def finished_run(workdir: str, config) -> dict[str, Any] | None:
   epochs = config.num_epochs
   if not same or summary.get('epochs') != epochs:
     return None
-  if not epath.Path(workdir, 'checkpoints', str(epochs)).is_dir():
+  with quiet_orbax(logging.ERROR):  # A damaged line is reported by the run that repairs it.
+    history = metrics.read_history(os.path.join(workdir, 'metrics.jsonl'))
+  if [r['epoch'] for r in history] != list(range(1, epochs + 1)):
+    return None
+  if not _verifies(os.path.join(workdir, 'checkpoints'), epochs, run_settings(config)):
     return None
   if multihost.is_primary():
     where = os.path.join(workdir, 'summary.json')
     print(f'already trained {epochs} epochs; summary: {where}', flush=True)
   return summary
+
+
+def _verifies(directory: str, epoch: int, run: dict[str, Any]) -> bool:
+  """Whether the checkpoint of `epoch` loads, as saved (no template, nothing compiled), and
+  matches its checksums and identity (`_verify`'s checks, the arrays compared by digest)."""
+  try:
+    with quiet_orbax(logging.FATAL):  # A damaged one is reported by the run that retrains it.
+      reader = _reader(directory)
+      try:
+        restored = reader.restore(epoch, args=ocp.args.StandardRestore())
+        custom = reader.metadata(epoch).custom_metadata
+      finally:
+        reader.close()
+  except Exception:  # Orbax/TensorStore raise many types for unreadable files.
+    return False
+  if not isinstance(custom, dict) or 'leaf_sha256' not in custom:
+    return False
+  # Restored without a template, the tree has other paths than the saved state's.
+  if sorted(custom['leaf_sha256'].values()) != sorted(leaf_digests(restored).values()):
+    return False
+  return _identity_problem(custom.get('identity'), epoch, run) is None

@@ -98,9 +98,9 @@ def default_steps_per_call(steps_per_epoch: int) -> tuple[int, bool]:
   emitter handles (bench/README.md). A scan of length 1 is lowered the same way, so on the
   CPU the steps are traced directly instead (`unroll`), 4 per call: XLA's compile time grows
   with the steps unrolled (the default's 8-step call took 6-8x as long as its 1-step call, the
-  4-step one 3x), while 4 steps per call trained as fast as 8 within the noise of a shared CPU
-  and fewer lost up to ~20 % (bench/README.md, "Compile time"). Accelerators run the whole
-  epoch as one rolled scan: no host round-trip per step.
+  4-step one 3x), while 4 steps per call trained about as fast as 8 on a shared CPU and 1 was
+  ~30 % slower (bench/README.md, "Compile time"). Accelerators run the whole epoch as one
+  rolled scan: no host round-trip per step.
   """
   if jax.default_backend() == 'cpu':
     return min(CPU_STEPS_PER_CALL, steps_per_epoch), True
