@@ -9,6 +9,7 @@ workbook made by hand instead (`workbook.check_workbook`).
   python backprop_check.py --out_dir=/tmp/bp
   python backprop_check.py --learning_rates=0.5,2 --epochs=10 --precision=float32
   python backprop_check.py --check_workbook=my_sheet.xlsx
+  python backprop_check.py --cnn --config=configs/mnist.py  # the CNN's (cnn_check.py)
 """
 
 import csv
@@ -26,8 +27,10 @@ from absl import app, flags
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+import cnn_check
 import startup
 import workbook
+from errors import UserError
 from metrics import write_atomically
 from nets import toy
 
@@ -330,6 +333,11 @@ def main(argv):
   startup.enable_compile_cache(FLAGS.compile_cache)
   if FLAGS.check_workbook:
     return _main_check_workbook(FLAGS.check_workbook)
+  if FLAGS.cnn:
+    try:
+      return cnn_check.main(FLAGS)
+    except UserError as e:
+      raise _error(str(e)) from None
 
   out_dir = FLAGS.out_dir
   try:
@@ -360,4 +368,5 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
+  cnn_check.define_flags()
   app.run(main, flags_parser=_parse_flags)

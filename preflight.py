@@ -19,7 +19,7 @@ import input_pipeline
 import metrics
 from configs import mnist
 from errors import ConfigError
-from nets import cnn
+from nets import cnn, cnn_backprop
 
 # jax.random.key takes a 64-bit signed integer.
 SEED_RANGE = (-(2**63), 2**63 - 1)
@@ -45,6 +45,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     ('steps_per_call', config.steps_per_call >= 0, 'must be >= 0 (0 = auto)'),
     ('checkpoints_to_keep', config.checkpoints_to_keep >= 1, 'must be >= 1'),
     ('seed', SEED_RANGE[0] <= config.seed <= SEED_RANGE[1], SEED_REQUIREMENT),
+    ('gradients', config.gradients in ('autodiff', 'hand'), "must be 'autodiff' or 'hand'"),
   ]
   for field, ok, requirement in checks:
     if not ok:
@@ -53,6 +54,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     cnn.layers_of(config.arch)
   except ValueError as e:
     raise ConfigError(f'config.arch={config.arch!r}: {e}') from None
+  if config.gradients == 'hand':
+    cnn_backprop.check_layers(cnn.layers_of(config.arch))
   if config.data_dir and not os.path.isdir(config.data_dir):
     raise ConfigError(f'config.data_dir={config.data_dir!r} is not an existing folder.')
   devices = jax.device_count()

@@ -38,7 +38,7 @@ import multihost
 import plots
 import preflight
 from errors import NonFiniteError, Preempted
-from nets import cnn
+from nets import cnn, cnn_backprop
 
 
 class TrainState(train_state.TrainState):
@@ -111,6 +111,7 @@ def train_step(
   max_shift: float = 0.0,
   label_smoothing: float = 0.0,
   ema_decay: float = 0.0,
+  gradients: str = 'autodiff',
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on a uint8 batch: (state, batch, rng) -> (new state, metrics).
 
@@ -129,7 +130,9 @@ def train_step(
     logits, batch_stats = state.apply_fn(variables, images, train=True, rng=rng_dropout)
     return cross_entropy(logits, labels, label_smoothing).mean(), (logits, batch_stats)
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  hand = cnn_backprop.value_and_grad(state, images, labels, rng_dropout, label_smoothing)
+  value_and_grad = hand if gradients == 'hand' else jax.value_and_grad(loss_fn, has_aux=True)
+  (loss, (logits, batch_stats)), grads = value_and_grad(state.params)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if ema_decay > 0:
     new = {'params': new_state.params, 'batch_stats': new_state.batch_stats}
@@ -193,7 +196,7 @@ def compile_programs(
   config: ml_collections.ConfigDict, state: TrainState, train_images, train_labels, **options
 ) -> compiled.Programs:
   """Every compiled call of a run of `config` (compiled.compile_programs) on `train_step`."""
-  fields = ('max_degrees', 'max_shift', 'label_smoothing', 'ema_decay')
+  fields = ('max_degrees', 'max_shift', 'label_smoothing', 'ema_decay', 'gradients')
   step_fn = functools.partial(train_step, **{k: config[k] for k in fields})
   return compiled.compile_programs(
     config, state, train_images, train_labels, step_fn, eval_step, **options

@@ -37,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.weight_decay = 5e-4  # L2 decay added to the gradient (all parameters).
   c.label_smoothing = 0.0  # Cross-entropy label smoothing in [0, 1).
   c.ema_decay = 0.0  # Evaluate an exponential moving average of the weights (0 = off).
+  c.gradients = 'autodiff'  # 'hand': the chain rule of nets/cnn_backprop.py instead of jax.grad.
 
   # --- Augmentation (on device, inside the train step)
   c.max_degrees = 7.0  # Random rotation in [-max_degrees, +max_degrees].

@@ -6,13 +6,13 @@ to its input (`dx`) and to its parameters: the chain rule written out, one layer
 No autodiff is used anywhere in this module (no grad, vjp, jvp, linearize, custom rules, and
 no transpose rule called on a primitive); `lax.conv_general_dilated` serves as the
 correlation primitive, forward and in both convolution gradients. The derivations, and a worked
-example on a 4x4 image: docs/cnn_backprop.md. The check against jax.grad: cnn_check.py and
+example on a 4x4 image: docs/cnn_backprop.md. The check against autodiff: cnn_check.py and
 tests/cnn_backprop_test.py.
 
 `loss_and_gradients(model, variables, images, labels, rng, label_smoothing)` runs the network
 described by the same `nets.cnn.Layer` list that builds the Flax net and returns
-`(loss, (logits, new batch_stats)), grads`, the value `jax.value_and_grad(loss_fn,
-has_aux=True)` gives in train.train_step, with `grads` keyed exactly as the Flax params.
+`(loss, (logits, new batch_stats)), grads`: what autodiff of train.train_step's loss_fn (with
+its aux) gives, `grads` keyed and shaped exactly as the Flax params.
 """
 
 from __future__ import annotations
@@ -246,6 +246,18 @@ def _name(counts: dict[str, int], module: str) -> str:
   return f'{module}_{counts[module]}'
 
 
+def param_names(layers: Sequence[cnn.Layer]) -> list[str]:
+  """The Flax names of the layers' parameter modules in forward order (Conv_0, BatchNorm_0,
+  Conv_1, ..., Dense_0): the backward meets them in the reverse order."""
+  counts, names = {}, []
+  for layer in layers:
+    if layer.kind == 'conv':
+      names += [_name(counts, 'Conv'), _name(counts, 'BatchNorm')]
+    elif layer.kind == 'dense':
+      names.append(_name(counts, 'Dense'))
+  return names
+
+
 def forward(
   model: cnn.CNN, variables: dict[str, Any], images: jax.Array, rng: jax.Array | None
 ) -> tuple[jax.Array, dict[str, Any], list[tuple]]:
@@ -319,20 +331,22 @@ def loss_and_gradients(
   label_smoothing: float = 0.0,
 ) -> tuple[tuple[jax.Array, tuple[jax.Array, dict[str, Any]]], dict[str, Any]]:
   """((loss, (logits, new batch_stats)), grads) of train.py's loss, all by hand: the value
-  `jax.value_and_grad(loss_fn, has_aux=True)(params)` returns in train.train_step."""
+  train.train_step otherwise gets from autodiff of its loss_fn."""
   logits, new_stats, tape = forward(model, variables, images, rng)
   loss, cache = cross_entropy_forward(logits, labels, label_smoothing)
   grads = backward(model, variables['params'], tape, cross_entropy_backward(cache))
   return (loss, (logits, new_stats)), grads
 
 
-def value_and_grad(
-  apply_fn: Callable, batch_stats: Any, images, labels, rng, label_smoothing: float
-) -> Callable:
-  """params -> `loss_and_gradients(...)`, for train.train_step: `apply_fn` is the state's
-  functools.partial(cnn.apply, model), from which the model is read."""
-  model = apply_fn.args[0]
-  check_layers(model.layers)
+def value_and_grad(state: Any, images, labels, rng, label_smoothing: float) -> Callable:
+  """params -> `loss_and_gradients(...)` for train.train_step's `state` (its batch_stats, and
+  the model its apply_fn, functools.partial(cnn.apply, model), is bound to)."""
+  model = state.apply_fn.args[0]
   return lambda params: loss_and_gradients(
-    model, {'params': params, 'batch_stats': batch_stats}, images, labels, rng, label_smoothing
+    model,
+    {'params': params, 'batch_stats': state.batch_stats},
+    images,
+    labels,
+    rng,
+    label_smoothing,
   )

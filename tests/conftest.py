@@ -59,6 +59,7 @@ SLOW_FILES = {
 SLOW_CLASSES = {
   'ScriptTest', 'LibreOfficeTest', 'CheckWorkbookCommandTest', 'SheetCommandTest', 'DownloadTest',
   'CheckpointIntegrityTest', 'EveryNetCompilesTest', 'RandomShapesTest', 'WheelTest',
+  'CnnCheckCommandTest',
 }  # fmt: skip
 
 
