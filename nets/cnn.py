@@ -99,6 +99,9 @@ ARCHITECTURES: dict[str, tuple[Layer, ...]] = {
     DROPOUT,
     HEAD,
   ),
+  # Tiny4 (3,978 params, configs/tiny4.py): 8 channels in both 28x28 convs, 12 in both 14x14
+  # ones, no 1x1 transition, and a spatial head on a 3-channel 5x5 map (dense on 75 values).
+  'tiny4': (conv(8), conv(8), POOL, conv(12), conv(12), POOL, *spatial_head(3)),
 }
 
 # Layer-spec tokens: c<N> (3x3 conv-BN-ReLU, N channels), c<N>k<K> (KxK), c<N>v (3x3 VALID),

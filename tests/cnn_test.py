@@ -20,6 +20,7 @@ EXPECTED_PARAMS = {
   'tiny': 7_442,
   'tiny6': 6_202,
   'mid': 7_786,
+  'tiny4': 3_978,
 }
 CONFIG_NETS = tuple(EXPECTED_PARAMS)
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'docs', 'experiments.md')
