@@ -182,6 +182,23 @@ class ReadmeTest(absltest.TestCase):
       with self.subTest(run=os.path.relpath(run_dir, GPU_RUNS)):
         self.assertIn(gpu_row(run_dir), _read('docs', 'scaling.md'))
 
+  def test_cnn_backprop_table_quotes_the_committed_runs(self):
+    """docs/cnn_backprop.md's hand-against-autodiff table, epoch by epoch, from its two runs."""
+    runs = os.path.join(testutil.REPO_ROOT, 'docs', 'cnn_backprop')
+    hand = metrics.read_history(os.path.join(runs, 'hand_seed0', 'metrics.jsonl'))
+    auto = metrics.read_history(os.path.join(runs, 'autodiff_seed0', 'metrics.jsonl'))
+    self.assertLen(hand, 15)
+    for gradients in ('hand', 'autodiff'):
+      with open(os.path.join(runs, f'{gradients}_seed0', 'summary.json')) as f:
+        self.assertEqual(json.load(f)['config']['gradients'], gradients)
+    page = _read('docs', 'cnn_backprop.md')
+    for h, a in zip(hand, auto, strict=True):
+      row = (
+        f'| {h["epoch"]} | {100 * h["test_accuracy"]:.2f} | {100 * a["test_accuracy"]:.2f} '
+        f'| {h["images_per_second"]:,.0f} | {a["images_per_second"]:,.0f} |'
+      )
+      self.assertIn(row, page)
+
   def test_ci_runs_the_readme_test_command(self):
     with open(os.path.join(testutil.REPO_ROOT, '.ci', 'run')) as f:
       self.assertIn('make test', f.read())
