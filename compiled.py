@@ -163,8 +163,7 @@ def program_specs(
   if config.steps_per_call:
     chunk = min(config.steps_per_call, steps_per_epoch)
   replicated, batch_sharding = data_shardings()
-  specs = {}
-  rng = jax.random.key(0)
+  specs, rng = {}, jax.random.key(0)
   if train:
     multi_step = jax.jit(
       functools.partial(
