@@ -171,7 +171,7 @@ class TpuPodDryRunTest(_ScriptTest):
     cmds = self.dry_run(TPU_POD, '--dry-run', WORKDIR=GS)
     setup = shlex.split(_option(cmds[3], 'command'))
     self.assertIn('python3 -m venv .venv', ' '.join(setup))
-    pip = ['.venv/bin/python', '-m', 'pip', 'install', '-q', '-e', '.[gcs]', 'jax[tpu]']
+    pip = ['.venv/bin/python', '-m', 'pip', 'install', '-q', '.[gcs]', 'jax[tpu]']
     self.assertEqual(setup[-len(pip) :], pip)
 
   def test_flags_win_over_the_environment(self):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 from absl.testing import absltest
 
@@ -132,12 +133,14 @@ class WallSecondsTest(absltest.TestCase):
     log.close()
     self.assertGreater(first['wall_seconds'], 0)
     resumed = metrics.MetricsLog(workdir, 1)
-    resumed.started = metrics.process_start_time() + 100.0  # A later process.
+    resumed.started = time.time() - 50.0  # A later process, started 50 s ago.
     second = {'epoch': 2}
     resumed.stamp(second)
     resumed.close()
-    self.assertLess(second['wall_seconds'], first['wall_seconds'])  # Its own start is later,
-    self.assertGreater(second['wall_seconds'], first['wall_seconds'] - 100.0)  # plus epoch 1's.
+    # Its own 50 s plus epoch 1's wall seconds, not the seconds since this process started.
+    self.assertBetween(
+      second['wall_seconds'], first['wall_seconds'] + 50, first['wall_seconds'] + 60
+    )
 
 
 class RowTest(absltest.TestCase):
