@@ -130,12 +130,9 @@ def train_step(
     logits, batch_stats = state.apply_fn(variables, images, train=True, rng=rng_dropout)
     return cross_entropy(logits, labels, label_smoothing).mean(), (logits, batch_stats)
 
-  if gradients == 'hand':
-    value_and_grad = cnn_backprop.value_and_grad(
-      state, images, labels, rng_dropout, label_smoothing
-    )
-  else:
-    value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+  hand = functools.partial(cnn_backprop.value_and_grad, state, images, labels, rng_dropout)
+  autodiff = jax.value_and_grad(loss_fn, has_aux=True)
+  value_and_grad = hand(label_smoothing) if gradients == 'hand' else autodiff
   (loss, (logits, batch_stats)), grads = value_and_grad(state.params)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if ema_decay > 0:
