@@ -54,6 +54,12 @@ flags.DEFINE_integer(
   'round_steps', 0, 'Train steps per timed round; 0 = one epoch on accelerators, 64 on CPU.'
 )
 flags.DEFINE_integer('steps_per_call', 0, 'JAX steps per jitted call; 0 = the trainer default.')
+flags.DEFINE_list(
+  'gradients',
+  ['autodiff'],
+  "JAX sides to time, one per gradient source (config.gradients): 'autodiff' (jax:repo, the "
+  "default), 'hand' (jax:hand, nets/cnn_backprop.py), or both.",
+)
 flags.DEFINE_bool(
   'augment', None, "Rotation (7 deg) and shift (2 px) on both sides, or none; unset: the config's."
 )
@@ -183,9 +189,9 @@ class TorchSide:
     batch_size, eval_batch_size, seed = config.batch_size, config.eval_batch_size, config.seed
     import torch
     import torch.nn.functional as F
-    import torch_cnn
 
     import input_pipeline
+    from bench import torch_cnn
 
     self.torch, self.F, self.torch_cnn = torch, F, torch_cnn
     self.threads, self.device = threads, torch.device(device)
@@ -305,14 +311,23 @@ def main(argv):
   jax.config.update('jax_num_cpu_devices', devices)
   data = input_pipeline.get_datasets(FLAGS.data_dir)
   sides = {}
-  sides['jax:repo'] = jx = JaxSide(data, config)
-  print(
-    f'jax:repo: JAX {jax.__version__} on {jax.default_backend()} x{jax.device_count()} '
-    f'({jax.devices()[0].device_kind}), {config.arch}, {jx.num_params:,} params, batch '
-    f'{config.batch_size}; {jx.chunk} steps per call; compile: train {jx.compile_train_s:.1f} s, '
-    f'eval {jx.compile_eval_s:.1f} s ({jx.compile_wall_s:.1f} s wall for all)',
-    flush=True,
-  )
+  unknown = set(FLAGS.gradients) - {'autodiff', 'hand'}
+  if unknown or not FLAGS.gradients:
+    raise app.UsageError(f'--gradients takes autodiff and/or hand, not {sorted(unknown)}.')
+  for source in FLAGS.gradients:
+    side_config = config.copy_and_resolve_references()
+    side_config.gradients = source
+    sides['jax:repo' if source == 'autodiff' else 'jax:hand'] = JaxSide(data, side_config)
+  jx = next(iter(sides.values()))
+  for name, side in sides.items():
+    print(
+      f'{name}: JAX {jax.__version__} on {jax.default_backend()} x{jax.device_count()} '
+      f'({jax.devices()[0].device_kind}), {config.arch}, {side.num_params:,} params, batch '
+      f'{config.batch_size}; {side.chunk} steps per call; compile: train '
+      f'{side.compile_train_s:.1f} s, eval {side.compile_eval_s:.1f} s '
+      f'({side.compile_wall_s:.1f} s wall for all)',
+      flush=True,
+    )
   round_steps = FLAGS.round_steps or (64 if jax.default_backend() == 'cpu' else jx.steps_per_epoch)
   round_steps = max(jx.chunk, round_steps // jx.chunk * jx.chunk)  # Whole JAX calls.
   torch_threads = sorted({int(t) or os.cpu_count() for t in FLAGS.torch_threads}, reverse=True)
@@ -433,6 +448,7 @@ def main(argv):
       'torch_device': torch_device,
       'config': FLAGS.config,
       'arch': jx.config.arch,
+      'gradients': FLAGS.gradients,
       'params': jx.num_params,
     },
     'results': results,
