@@ -216,7 +216,10 @@ def init(model: CNN, rng: jax.Array, image_shape=(28, 28, 1)) -> dict[str, Any]:
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _init(model: CNN, rng: jax.Array, image_shape: tuple[int, ...]) -> dict[str, Any]:
-  return model.init({'params': rng}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  variables = model.init({'params': rng}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  # A net with no conv (so no BatchNorm), e.g. 'flatten-dense', has no running statistics:
+  # an empty collection keeps the {'params', 'batch_stats'} shape every caller expects.
+  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
 
 
 def apply(
@@ -235,7 +238,7 @@ def apply(
   rngs = {'dropout': rng} if rng is not None else {}
   if train:
     logits, updates = model.apply(variables, images, train=True, rngs=rngs, mutable=['batch_stats'])
-    return logits, updates['batch_stats']
+    return logits, updates.get('batch_stats', {})
   return model.apply(variables, images, train=False), variables['batch_stats']
 
 

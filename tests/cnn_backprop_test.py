@@ -106,13 +106,22 @@ class RandomSpecsTest(parameterized.TestCase):
   @given(spec_strategy(), st.integers(1, 5), st.sampled_from([0.0, 0.3]))
   def test_random_specs_float64(self, parts, n, smoothing):
     body, head, dropout = parts
-    if not fits(body) or not any(t.startswith('c') for t in body):
-      body = ['c2']  # Nets with no conv (so no BatchNorm state) are not supported by the check.
+    if not fits(body):
+      body = ['c2']
     spec = '-'.join([*body, head, *(['dropout'] if dropout else []), 'dense'])
     with jax.enable_x64(True):
       assert_hand_equals_autodiff(
         cnn.build(spec, 0.5), n=n, smoothing=smoothing, image_shape=(8, 8, 1)
       )
+
+
+class NoConvNetTest(parameterized.TestCase):
+  @parameterized.parameters('flatten-dense', 'pool-flatten-dropout-dense', 'gap-dense')
+  def test_a_net_with_no_batchnorm_agrees_and_keeps_empty_stats(self, spec):
+    model = cnn.build(spec, 0.5)
+    self.assertEqual(cnn.init(model, jax.random.key(0), (8, 8, 1))['batch_stats'], {})
+    with jax.enable_x64(True):
+      assert_hand_equals_autodiff(model, n=3, image_shape=(8, 8, 1))
 
 
 class LayerRulesTest(absltest.TestCase):
