@@ -33,6 +33,7 @@ import backprop_check as bc
 import metrics
 import plots
 from configs import gap
+from docs import cnn_worked
 from nets import cnn, toy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -767,6 +768,10 @@ def model_blocks(runs: dict[int, dict]) -> dict[str, str]:
   return {name: fn(runs) for name, fn in MODEL_BLOCKS.items()}
 
 
+def cnn_backprop_blocks(w: cnn_worked.Worked | None = None) -> dict[str, str]:
+  return {'cnn-worked': cnn_worked.markdown(w)}
+
+
 def update_doc(path: str, blocks: dict[str, str]) -> bool:
   """Rewrites the blocks of the Markdown file at `path`; returns whether anything changed."""
   with open(path) as f:
@@ -790,16 +795,19 @@ def regenerate(docs_dir: str = DOCS_DIR, runs: str | None = None) -> dict[str, b
   if runs:
     copied = import_runs(runs, docs_dir)
     print(f'copied seeds {copied} from {runs}')
-  b = compute_backprop()
+  b, worked = compute_backprop(), cnn_worked.compute()
   run_records, changed = load_runs(docs_dir), {}
   for name, blocks in (
     ('backprop.md', backprop_blocks(b)),
     ('model.md', model_blocks(run_records)),
+    ('cnn_backprop.md', cnn_backprop_blocks(worked)),
   ):
     path = os.path.join(docs_dir, name)
     changed[name] = update_doc(path, blocks)
     print(f'{path}: {"updated" if changed[name] else "unchanged"}')
   figures = [*write_backprop_figures(b, docs_dir), *write_run_figures(run_records, docs_dir)]
+  save_figure(cnn_worked.figure(worked), os.path.join(docs_dir, FIGURES, 'cnn_worked.png'))
+  figures.append('cnn_worked.png')
   print(f'figures in {os.path.join(docs_dir, FIGURES)}: {", ".join(figures)}')
   return changed
 

@@ -16,18 +16,20 @@ import shlex
 import shutil
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 from absl.testing import absltest
 
 import backprop_check as bc
 import plots
+from docs import cnn_worked
 from docs import make_docs as md
 from nets import toy
 from tests import testutil
 
 DOCS = os.path.join(testutil.REPO_ROOT, 'docs')
-DOC_FILES = ('backprop.md', 'model.md')
+DOC_FILES = ('backprop.md', 'model.md', 'cnn_backprop.md')
 REGENERATE = 'The committed docs are stale: run `python -m docs.make_docs` and commit the diff.'
 
 
@@ -53,6 +55,9 @@ class GeneratedBlocksTest(absltest.TestCase):
 
   def test_model_blocks_equal_the_code_and_committed_runs(self):
     self._assert_blocks('model.md', md.model_blocks(md.load_runs(DOCS)))
+
+  def test_cnn_backprop_blocks_equal_the_code(self):
+    self._assert_blocks('cnn_backprop.md', md.cnn_backprop_blocks())
 
   def test_starting_error_is_the_course_value(self):
     # The page's headline number, against the constant the toy tests pin.
@@ -101,6 +106,23 @@ class FiguresTest(absltest.TestCase):
     plots.plot_frontier(list(configs.values()), out)
     with open(out, 'rb') as f:
       self.assertEqual(f.read(8), b'\x89PNG\r\n\x1a\n')
+
+  def test_cnn_worked_figure_shows_the_pages_maps(self):
+    w = cnn_worked.compute()
+    shown = {
+      im.get_gid(): im.get_array() for ax in cnn_worked.figure(w).axes for im in ax.get_images()
+    }
+    self.assertLen(shown, 8)
+    values = {name: np.asarray(value) for name, _, value in w.steps}
+    for name, data in shown.items():
+      np.testing.assert_array_equal(data, values[name].reshape(data.shape), err_msg=name)
+
+  def test_cnn_worked_example_refuses_a_wrong_rule(self):
+    # A ReLU backward that lets the gradient through everywhere: the steps no longer give
+    # jax.grad's gradients, and the page is not written.
+    wrong = mock.patch.object(cnn_worked.cb, 'relu_backward', lambda x, dy: dy)
+    with wrong, self.assertRaisesRegex(AssertionError, 'disagrees'):
+      cnn_worked.markdown(cnn_worked.compute())
 
   def test_figures_regenerate(self):
     out = self.create_tempdir().full_path
@@ -185,7 +207,7 @@ class CommandsTest(absltest.TestCase):
       if argv[1:] == ['docs/make_docs.py', f'--docs_dir={tmp}/docs']:
         # In this process, where the sweeps are compiled already (saves ~10 s); the form with
         # --runs below runs as a subprocess and covers the script's own start-up.
-        self.assertCountEqual(md.regenerate(f'{tmp}/docs'), ['backprop.md', 'model.md'])
+        self.assertCountEqual(md.regenerate(f'{tmp}/docs'), DOC_FILES)
         continue
       if '/' in argv[1]:  # A script in a folder runs as a module: python -m scripts.seeds.
         run = [argv[0], '-m', argv[1].removesuffix('.py').replace('/', '.'), *argv[2:]]
