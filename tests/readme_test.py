@@ -198,6 +198,9 @@ class ReadmeTest(absltest.TestCase):
         f'| {h["images_per_second"]:,.0f} | {a["images_per_second"]:,.0f} |'
       )
       self.assertIn(row, page)
+    for gradients, history in (('hand', hand), ('autodiff', auto)):
+      cells = ' | '.join(f'{100 * r["test_accuracy"]:.2f}' for r in history)
+      self.assertIn(f'| {gradients} | {cells} |', _readme(), 'README: the per-epoch row')
 
   def test_ci_runs_the_readme_test_command(self):
     with open(os.path.join(testutil.REPO_ROOT, '.ci', 'run')) as f:
