@@ -10,12 +10,13 @@ import concurrent.futures
 import dataclasses
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -110,6 +111,11 @@ def default_steps_per_call(steps_per_epoch: int) -> tuple[int, bool]:
 CPU_STEPS_PER_CALL = 4
 
 
+def call_lengths(chunk: int, steps_per_epoch: int) -> list[int]:
+  """The train calls an epoch of `steps_per_epoch` makes at `chunk` steps per call."""
+  return sorted({chunk, steps_per_epoch % chunk} - {0}, reverse=True)
+
+
 def data_shardings() -> tuple[NamedSharding, NamedSharding]:
   """(replicated, batch-sharded) over one 'data' mesh axis of every device."""
   mesh = jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
@@ -130,11 +136,46 @@ class Programs:
   compile_seconds: float  # Wall-clock of compiling them all (in parallel threads).
   program_seconds: dict[str, float]  # Each program's trace + lower + compile, by name.
   cache_hits: tuple[int, int] = (0, 0)  # (programs read from the persistent cache, requests).
+  first_chunk: int = 0  # Steps per call in epoch 1 (0: `chunk`; see `epoch_chunks`).
+  # Train calls still compiling in a background thread (steps K -> future of compile_one).
+  pending: dict[int, concurrent.futures.Future] = dataclasses.field(default_factory=dict)
+
+  def chunk_for(self, epoch: int) -> int:
+    """Steps per call in `epoch`: a rule of the epoch alone, so a resumed run repeats it."""
+    return (self.first_chunk or self.chunk) if epoch == 1 else self.chunk
+
+  def train_call(self, k: int) -> Callable:
+    """The compiled K-step call, waiting for its background compile if it is still running."""
+    if k not in self.train_calls:
+      future = self.pending.pop(k)
+      if not future.done():
+        logging.info('Waiting for the %d-step train call to finish compiling.', k)
+      self.train_calls[k], stages = future.result()
+      self.program_seconds[f'train {k} (background)'] = sum(stages.values())
+      logging.info('Compiled train %d in the background in %.1f s.', k, sum(stages.values()))
+    return self.train_calls[k]
 
 
 # How many programs compile at once. XLA:CPU compiles one program on one thread, so a second
 # thread runs the other programs beside the longest one (bench/README.md, "Compile time").
 COMPILE_THREADS = 2
+
+
+def epoch_chunks(config: ml_collections.ConfigDict, steps_per_epoch: int) -> tuple[int, int]:
+  """(steps per call in epoch 1, in later epochs).
+
+  The CPU's default K-step call (`default_steps_per_call`) takes XLA ~3x a 1-step call's
+  compile, and an epoch of 937 steps needs the 1-step call anyway for its last step. So with
+  no `config.steps_per_call` set, epoch 1 runs one step per call while the K-step call compiles
+  in a background thread, and later epochs run K per call: the first step waits for the short
+  compile only (bench/README.md, "Compile time"). The rule is the epoch's alone (never when a
+  compile finished), so a rerun or a resumed run takes the same steps.
+  """
+  chunk, unroll = default_steps_per_call(steps_per_epoch)
+  if config.steps_per_call:
+    chunk = min(config.steps_per_call, steps_per_epoch)
+    return chunk, chunk
+  return (1 if unroll else chunk), chunk
 
 
 def program_specs(
@@ -146,11 +187,12 @@ def program_specs(
   eval_step: Callable,
   *,
   train: bool = True,
+  lengths: Sequence[int] | None = None,
 ) -> tuple[int, dict[str, tuple[Callable, tuple]]]:
   """(steps per train call, {name: (jitted function, example arguments)}): every program a run
-  calls, over a 'data' mesh of every device: batches sharded, state and data set replicated.
-  Auto axes: the step carries one sharding constraint on the batch, and XLA's partitioner
-  inserts the all-reduces. `train=False` (no epoch left to train): the evaluation only.
+  calls, over a 'data' mesh of every device: batches sharded, state and data set replicated
+  (auto axes: one sharding constraint on the batch, and XLA inserts the all-reduces).
+  `train=False`: the evaluation only. `lengths`: the train calls (steps each; None: an epoch's).
 
   Names: 'train K' (K steps per call; the last call of an epoch may be shorter), 'batches'
   (an epoch's permutation), 'eval' and, with the EMA on, 'eval raw' (the trained weights).
@@ -159,9 +201,8 @@ def program_specs(
   """
   num_train = len(train_labels)
   steps_per_epoch = num_train // config.batch_size
-  chunk, unroll = default_steps_per_call(steps_per_epoch)
-  if config.steps_per_call:
-    chunk = min(config.steps_per_call, steps_per_epoch)
+  chunk = epoch_chunks(config, steps_per_epoch)[1]
+  unroll = default_steps_per_call(steps_per_epoch)[1]
   replicated, batch_sharding = data_shardings()
   specs, rng = {}, jax.random.key(0)
   if train:
@@ -177,7 +218,7 @@ def program_specs(
     sums = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), zero_sums()
     )
-    for k in sorted({chunk, steps_per_epoch % chunk} - {0}, reverse=True):
+    for k in call_lengths(chunk, steps_per_epoch) if lengths is None else lengths:
       idx = jax.ShapeDtypeStruct((k, config.batch_size), jnp.int32)
       specs[f'train {k}'] = (multi_step, (state, sums, train_images, train_labels, idx, rng))
     # Each device holds only its own columns of the [steps, batch] indices: its rows of every
@@ -220,20 +261,40 @@ def compile_programs(
   step_fn: Callable,
   eval_step: Callable,
   *,
-  train: bool = True,
+  epochs: Sequence[int] | None = None,
   threads: int = COMPILE_THREADS,
 ) -> Programs:
-  """Compiles, ahead of time and `threads` at a time, the programs of `program_specs`."""
+  """Compiles, ahead of time and `threads` at a time, the programs of `program_specs`.
+
+  `epochs`: the epochs the run will train (empty: none, the evaluation only). The calls of the
+  first of them compile before this returns; those only later epochs make (`epoch_chunks`)
+  compile in a background thread, picked up by `Programs.train_call`. None: every call at the
+  chunk, all before returning (the benchmarks).
+  """
   t0 = time.perf_counter()
   hits = startup.cache_counts()
+  steps_per_epoch = len(train_labels) // config.batch_size
+  first_chunk, chunk = epoch_chunks(config, steps_per_epoch)
+  now, later = call_lengths(chunk, steps_per_epoch), []
+  if epochs is not None:
+    by_epoch = [call_lengths(first_chunk if e == 1 else chunk, steps_per_epoch) for e in epochs]
+    now = by_epoch[0] if by_epoch else []
+    later = sorted({k for ks in by_epoch for k in ks} - set(now), reverse=True)
   chunk, specs = program_specs(
-    config, state, train_images, train_labels, step_fn, eval_step, train=train
-  )
+    config, state, train_images, train_labels, step_fn, eval_step,
+    train=epochs is None or bool(epochs), lengths=[*now, *later],
+  )  # fmt: skip
+  deferred = {f'train {k}': specs.pop(f'train {k}') for k in later}
   with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
     futures = {name: pool.submit(compile_one, *spec) for name, spec in specs.items()}
     done = {name: f.result() for name, f in futures.items()}
   programs = {name: executable for name, (executable, _) in done.items()}
   hits = tuple(b - a for a, b in zip(hits, startup.cache_counts(), strict=True))
+  # Started only now, so it does not slow the calls the first step waits for. The worker is
+  # not a daemon: the interpreter joins it at exit, never tearing XLA down under a compile.
+  background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='compile')
+  pending = {int(n.split()[1]): background.submit(compile_one, *s) for n, s in deferred.items()}
+  background.shutdown(wait=False)
   return Programs(
     replicated=data_shardings()[0],
     replicate=multihost.replicator(data_shardings()[0]),
@@ -245,6 +306,8 @@ def compile_programs(
     compile_seconds=time.perf_counter() - t0,
     program_seconds={name: sum(stages.values()) for name, (_, stages) in done.items()},
     cache_hits=hits,
+    first_chunk=first_chunk if epochs is not None else 0,
+    pending=pending,
   )
 
 
@@ -268,8 +331,10 @@ def train_epoch(
   *,
   resume: tuple[int, dict[str, jax.Array]] | None = None,
   stop: Callable[[int], bool] = lambda step: False,
+  chunk: int = 0,
 ) -> tuple[Any, dict[str, jax.Array], int]:
-  """Runs one epoch's `batches` through the compiled calls: (state, device sums, steps done).
+  """Runs one epoch's `batches` through the compiled calls, `chunk` steps per call (0: the
+  programs' chunk): (state, device sums, steps done).
 
   `resume` = (steps already done, their sums) continues an epoch stopped part-way. After each
   call, `stop(global step)` may end the epoch early (a preemption); the caller sees fewer steps
@@ -279,8 +344,8 @@ def train_epoch(
   first_step = int(state.step) - done
   steps = len(batches)
   while done < steps:
-    k = min(programs.chunk, steps - done)
-    state, sums = programs.train_calls[k](state, sums, *data, batches[done : done + k], rng)
+    k = min(chunk or programs.chunk, steps - done)
+    state, sums = programs.train_call(k)(state, sums, *data, batches[done : done + k], rng)
     progress(k)
     done += k
     if done < steps and stop(first_step + done):

@@ -219,7 +219,7 @@ def fit_epoch(config, programs, state, train_data, test, epoch, rngs, schedule, 
   with metrics.progress_bar(steps, f'epoch {epoch}/{config.num_epochs}', resume) as bar:
     state, sums, done = compiled.train_epoch(
       programs, state, train_data, batches, step_rng, bar.update,
-      resume=resume, stop=hooks.stop_requested,
+      resume=resume, stop=hooks.stop_requested, chunk=programs.chunk_for(epoch),
     )  # fmt: skip
   if done < steps:
     raise Preempted(state, sums, epoch, done)
@@ -284,14 +284,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   manager, state, start_epoch, log = checkpointing.restore_run(workdir, config, replicate(state))
   hooks.phase_marker('resumed', start_epoch)
   train_data = replicate((train.images, train.labels))
-  programs = compile_programs(config, state, *train_data, train=start_epoch < config.num_epochs)
+  epochs = range(start_epoch + 1, config.num_epochs + 1)
+  programs = compile_programs(config, state, *train_data, epochs=epochs)
   run = checkpointing.run_settings(config)
   preempted, state, resume = checkpointing.restore_mid_epoch(
     workdir, config, state, programs.replicate(compiled.zero_sums()), start_epoch + 1
   )
   logging.info(compiled.describe(programs))
   schedule = make_schedule(config, steps_per_epoch)  # For logging the LR each epoch used last.
-  for epoch in range(start_epoch + 1, config.num_epochs + 1):
+  for epoch in epochs:
     try:
       state, record = fit_epoch(
         config, programs, state, train_data, test, epoch, (perm_rng, step_rng), schedule, resume

@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Run
   c.seed = 0  # Seeds init, shuffling, augmentation and dropout.
   c.eval_batch_size = 1000  # Test images per evaluation step (the last batch is padded).
-  c.steps_per_call = 0  # Train steps per jitted call; 0 = auto (4 on CPU, a whole epoch else).
+  c.steps_per_call = 0  # Steps per jitted call; 0: auto (CPU: 1 in epoch 1, then 4; else an epoch).
   c.checkpoints_to_keep = 3  # Newest checkpoints kept in workdir/checkpoints.
   c.plots = True  # Write training-curve and misclassified-digit PNGs at the end.
   return c

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from unittest import mock
 
 import chex
@@ -305,6 +306,79 @@ diff = max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
     lambda a, b: float(jnp.max(jnp.abs(a - b))), *params)))
 print('MAX_PARAM_DIFF', diff)
 """
+
+
+class FirstEpochCallsTest(absltest.TestCase):
+  """The CPU default: epoch 1 one step per call, the K-step call compiled in the background."""
+
+  def setUp(self):
+    super().setUp()
+    self.data_dir = testutil.write_idx_dir(self.create_tempdir().full_path, 48, 20)
+    self.config = testutil.tiny_config(self.data_dir, steps_per_call=0)  # 6 steps per epoch.
+    data = input_pipeline.get_datasets(self.data_dir)
+    self.train_data = (data['train'].images, data['train'].labels)
+    self.state = train.create_train_state(jax.random.key(0), self.config, 6)
+
+  def _compile(self, epochs, release):
+    """compile_programs with compile_one faked: a train call of K steps compiles to ('K', K),
+    and the background thread's compiles wait for `release`."""
+
+    def fake_compile_one(fn, args):
+      if threading.current_thread().name.startswith('compile'):  # compiled's background worker.
+        release.wait(10)
+      k = args[4].shape[0] if len(args) == 6 else None
+      return ('call', k), {'trace': 0.0, 'lower': 0.0, 'compile': 0.0}
+
+    with mock.patch.object(compiled, 'compile_one', fake_compile_one):
+      return train.compile_programs(self.config, self.state, *self.train_data, epochs=epochs)
+
+  def test_the_first_step_waits_only_for_the_one_step_call(self):
+    self.assertEqual(compiled.default_steps_per_call(6), (4, True))  # This suite runs on the CPU.
+    release = threading.Event()
+    programs = self._compile(range(1, 3), release)
+    self.assertEqual(sorted(programs.train_calls), [1])  # Returned before the K-step calls.
+    self.assertEqual(sorted(programs.pending), [2, 4])  # 6 steps = 4 + 2.
+    self.assertFalse(programs.pending[4].done())
+    self.assertEqual((programs.chunk_for(1), programs.chunk_for(2)), (1, 4))
+    release.set()
+    self.assertEqual(programs.train_call(4), ('call', 4))
+    self.assertIn('train 4 (background)', programs.program_seconds)
+
+  def test_only_the_calls_the_run_makes_are_compiled(self):
+    release = threading.Event()
+    release.set()
+    one_epoch = self._compile(range(1, 2), release)
+    self.assertEqual((sorted(one_epoch.train_calls), one_epoch.pending), ([1], {}))
+    resumed = self._compile(range(2, 4), release)  # Epoch 1 done: the K-step calls first.
+    self.assertEqual((sorted(resumed.train_calls), resumed.pending), ([2, 4], {}))
+    finished = self._compile(range(3, 3), release)
+    self.assertEqual((finished.train_calls, finished.make_batches), ({}, None))
+    self.config.steps_per_call = 3  # Set by hand: every epoch as asked.
+    fixed = self._compile(range(1, 3), release)
+    self.assertEqual((sorted(fixed.train_calls), fixed.pending, fixed.chunk_for(1)), ([3], {}, 3))
+
+  def test_a_run_resumed_after_epoch_1_is_bit_identical(self):
+    data_dir = testutil.write_idx_dir(self.create_tempdir().full_path, 16, 8)  # 2 steps.
+    config = testutil.tiny_config(data_dir, steps_per_call=0, num_epochs=2)
+    whole = self.create_tempdir().full_path
+    with self.assertLogs(logger='absl', level='INFO') as logs:
+      train.train_and_evaluate(config, whole)
+    self.assertTrue(any('Compiled train 2 in the background' in m for m in logs.output))
+    resumed = self.create_tempdir().full_path
+    original_write = metrics.MetricsLog.write
+
+    def crash_after_first_epoch(log, record):
+      original_write(log, record)
+      raise KeyboardInterrupt('simulated kill after epoch 1')
+
+    with mock.patch.object(metrics.MetricsLog, 'write', crash_after_first_epoch):
+      with self.assertRaises(KeyboardInterrupt):
+        train.train_and_evaluate(config, resumed)
+    train.train_and_evaluate(config, resumed)  # Epoch 2 only: its 2-step call compiled first.
+    self.assertEqual(_read_metrics(resumed), _read_metrics(whole))
+    chex.assert_trees_all_equal(
+      _final_params(resumed, config)[0].params, _final_params(whole, config)[0].params
+    )
 
 
 class ShardedTest(absltest.TestCase):
