@@ -140,6 +140,7 @@ def main(argv):
     'cpu_cores': multihost.usable_cores(),
     'device_count': jax.device_count(),
     'load_average_1min_at_end': os.getloadavg()[0],
+    'xla_flags': os.environ.get('XLA_FLAGS', ''),
     'options': results,
   }
   if FLAGS.out:
