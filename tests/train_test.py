@@ -31,6 +31,22 @@ def _read_metrics(workdir):
   return [{k: v for k, v in r.items() if k not in timing} for r in records]
 
 
+def _train_killed_after_epoch_1(config, workdir):
+  """train_and_evaluate, stopped by a KeyboardInterrupt right after epoch 1's metrics line."""
+  original_write = metrics.MetricsLog.write
+
+  def crash_after_first_epoch(log, record):
+    original_write(log, record)
+    raise KeyboardInterrupt('simulated kill after epoch 1')
+
+  with mock.patch.object(metrics.MetricsLog, 'write', crash_after_first_epoch):
+    try:
+      train.train_and_evaluate(config, workdir)
+    except KeyboardInterrupt:
+      return
+  raise AssertionError('the run was not stopped after epoch 1')
+
+
 def _final_params(workdir, config):
   state = train.create_train_state(jax.random.key(99), config, 1)
   state, epoch = checkpointing.restore_latest(checkpointing.checkpoint_manager(workdir, 10), state)
@@ -228,15 +244,7 @@ class TrainAndEvaluateTest(absltest.TestCase):
 
   def test_resume_after_interruption_is_bit_identical(self):
     workdir = self.create_tempdir().full_path
-    original_write = metrics.MetricsLog.write
-
-    def crash_after_first_epoch(log, record):
-      original_write(log, record)
-      raise KeyboardInterrupt('simulated kill after epoch 1')
-
-    with mock.patch.object(metrics.MetricsLog, 'write', crash_after_first_epoch):
-      with self.assertRaises(KeyboardInterrupt):
-        train.train_and_evaluate(self.config, workdir)
+    _train_killed_after_epoch_1(self.config, workdir)
     self.assertLen(_read_metrics(workdir), 1)
     with self.assertLogs(logger='absl', level='INFO') as logs:
       train.train_and_evaluate(self.config, workdir)
@@ -365,15 +373,7 @@ class FirstEpochCallsTest(absltest.TestCase):
       train.train_and_evaluate(config, whole)
     self.assertTrue(any('Compiled train 2 in the background' in m for m in logs.output))
     resumed = self.create_tempdir().full_path
-    original_write = metrics.MetricsLog.write
-
-    def crash_after_first_epoch(log, record):
-      original_write(log, record)
-      raise KeyboardInterrupt('simulated kill after epoch 1')
-
-    with mock.patch.object(metrics.MetricsLog, 'write', crash_after_first_epoch):
-      with self.assertRaises(KeyboardInterrupt):
-        train.train_and_evaluate(config, resumed)
+    _train_killed_after_epoch_1(config, resumed)
     train.train_and_evaluate(config, resumed)  # Epoch 2 only: its 2-step call compiled first.
     self.assertEqual(_read_metrics(resumed), _read_metrics(whole))
     chex.assert_trees_all_equal(
