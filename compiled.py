@@ -129,6 +129,7 @@ class Programs:
   replicated: NamedSharding  # State and data set: a full copy on every device.
   replicate: Callable  # tree -> the tree on `replicated`, from host or single-device values.
   chunk: int  # Train steps per call (the last call of an epoch may run fewer).
+  first_chunk: int  # Steps per call in epoch 1 (`epoch_chunks`; `chunk` for the benchmarks).
   train_calls: dict[int, Callable]  # steps K -> (state, sums, images, labels, idx[K, B], rng).
   make_batches: Callable  # rng -> [steps, batch] indices of one epoch.
   eval_fn: Callable  # What the test accuracy is computed with (the EMA weights when on).
@@ -136,13 +137,12 @@ class Programs:
   compile_seconds: float  # Wall-clock of compiling them all (in parallel threads).
   program_seconds: dict[str, float]  # Each program's trace + lower + compile, by name.
   cache_hits: tuple[int, int] = (0, 0)  # (programs read from the persistent cache, requests).
-  first_chunk: int = 0  # Steps per call in epoch 1 (0: `chunk`; see `epoch_chunks`).
   # Train calls still compiling in a background thread (steps K -> future of compile_one).
   pending: dict[int, concurrent.futures.Future] = dataclasses.field(default_factory=dict)
 
   def chunk_for(self, epoch: int) -> int:
     """Steps per call in `epoch`: a rule of the epoch alone, so a resumed run repeats it."""
-    return (self.first_chunk or self.chunk) if epoch == 1 else self.chunk
+    return self.first_chunk if epoch == 1 else self.chunk
 
   def train_call(self, k: int) -> Callable:
     """The compiled K-step call, waiting for its background compile if it is still running."""
@@ -299,6 +299,7 @@ def compile_programs(
     replicated=data_shardings()[0],
     replicate=multihost.replicator(data_shardings()[0]),
     chunk=chunk,
+    first_chunk=first_chunk if epochs is not None else chunk,
     train_calls={int(n.split()[1]): p for n, p in programs.items() if n.startswith('train ')},
     make_batches=programs.get('batches'),
     eval_fn=programs['eval'],
@@ -306,7 +307,6 @@ def compile_programs(
     compile_seconds=time.perf_counter() - t0,
     program_seconds={name: sum(stages.values()) for name, (_, stages) in done.items()},
     cache_hits=hits,
-    first_chunk=first_chunk if epochs is not None else 0,
     pending=pending,
   )
 

@@ -47,8 +47,8 @@ def variables() -> dict:
     'BatchNorm_0': {'scale': jnp.ones(1, jnp.float64), 'bias': jnp.zeros(1, jnp.float64)},
     'Dense_0': {'kernel': jnp.asarray(dense), 'bias': jnp.zeros(10, jnp.float64)},
   }
-  chex_shapes = jax.tree.map(jnp.shape, v['params'])
-  assert jax.tree.map(jnp.shape, params) == chex_shapes, (chex_shapes, params)
+  flax_shapes = jax.tree.map(jnp.shape, v['params'])
+  assert jax.tree.map(jnp.shape, params) == flax_shapes, (flax_shapes, params)
   stats = jax.tree.map(lambda a: a.astype(jnp.float64), v['batch_stats'])
   return {'params': params, 'batch_stats': stats}
 
@@ -120,11 +120,15 @@ def _compute() -> Worked:
   return Worked(steps, float(loss), diff(network), diff(autodiff))
 
 
+def _grid(value: np.ndarray) -> np.ndarray:
+  """A value as a 2-D float64 grid: a [1, H, W, 1] map as H x W, anything else by its last axis."""
+  a = np.asarray(value, np.float64)
+  return a.reshape(a.shape[1], a.shape[2]) if a.ndim == 4 else a.reshape(-1, a.shape[-1])
+
+
 def _array(value: np.ndarray) -> str:
   """A value as rows of fixed-point numbers (an image or kernel as its 2-D grid)."""
-  a = np.asarray(value, np.float64)
-  a = a.reshape(a.shape[1], a.shape[2]) if a.ndim == 4 else a.reshape(-1, a.shape[-1])
-  a = a + 0.0  # -0.0 prints as 0.0000.
+  a = _grid(value) + 0.0  # -0.0 prints as 0.0000.
   rows = [' '.join(f'{v: .{DIGITS}f}' for v in row) for row in a]
   return '\n'.join(rows)
 
@@ -177,8 +181,7 @@ def figure(w: Worked | None = None):
   axes = fig.subplots(2, 4)
   for row, panels in enumerate(FIGURE_PANELS):
     for ax, (name, title) in zip(axes[row], panels, strict=True):
-      a = np.asarray(values[name], np.float64)
-      a = a.reshape(a.shape[1], a.shape[2]) if a.ndim == 4 else a.reshape(a.shape[-2:])
+      a = _grid(values[name])
       if row == 0:
         image = ax.imshow(a, cmap='gray_r')
       else:
