@@ -348,44 +348,90 @@ def get_datasets(data_dir: str = '', data_url: str = MNIST_URL, download_dir: st
 # ----------------------------------------------------------------------------- on device
 
 
-def _affine_one(image: jax.Array, angle: jax.Array, shift: jax.Array) -> jax.Array:
-  """Rotates one [28, 28] float image by `angle` radians about its centre, then shifts it."""
+# The config fields of the augmentation, `augment`'s keyword arguments (0: that jitter is off).
+AUGMENT_FIELDS = ('max_degrees', 'max_shift', 'max_scale', 'max_brightness', 'max_contrast')
+
+
+def _affine_one(
+  image: jax.Array, angle: jax.Array, shift: jax.Array, scale: jax.Array | None = None
+) -> jax.Array:
+  """Rotates one [28, 28] float image by `angle` radians about its centre, zooms it by `scale`
+  (> 1 enlarges; None: unscaled), then shifts it."""
   h, w = image.shape
   rows, cols = jnp.meshgrid(
     jnp.arange(h, dtype=image.dtype), jnp.arange(w, dtype=image.dtype), indexing='ij'
   )
   cy, cx = (h - 1) / 2, (w - 1) / 2
-  # Inverse map: output pixel (r, c) samples input at R(-angle) @ ((r, c) - centre - shift).
+  # Inverse map: output (r, c) samples the input at R(-angle) @ ((r, c) - centre - shift) / scale.
   y, x = rows - cy - shift[0], cols - cx - shift[1]
+  if scale is not None:
+    y, x = y / scale, x / scale
   cos, sin = jnp.cos(angle), jnp.sin(angle)
   src_r = cos * y - sin * x + cy
   src_c = sin * y + cos * x + cx
   return jax.scipy.ndimage.map_coordinates(image, [src_r, src_c], order=1, cval=0.0)
 
 
-def augment(rng: jax.Array, images: jax.Array, max_degrees: float, max_shift: float) -> jax.Array:
-  """Random rotation (±max_degrees) and translation (±max_shift px) of float [B, 28, 28].
+def _factors(rng: jax.Array, batch: int, spread: float) -> jax.Array:
+  """One factor per image, uniform in [1 - spread, 1 + spread]."""
+  return 1 + jax.random.uniform(rng, (batch,), minval=-spread, maxval=spread)
 
-  Applied to [0, 1] pixels before normalisation so that the filled-in border is black (0).
+
+def jitter_intensity(
+  rng: jax.Array, images: jax.Array, max_brightness: float, max_contrast: float
+) -> jax.Array:
+  """torchvision's ColorJitter on grey [B, H, W] images in [0, 1]: each image's pixels times a
+  brightness factor in 1 ± max_brightness, then spread about the image's mean by a contrast
+  factor in 1 ± max_contrast, clipped to [0, 1] after each."""
+  rng_b, rng_c = jax.random.split(rng)
+  if max_brightness:
+    b = _factors(rng_b, images.shape[0], max_brightness)[:, None, None]
+    images = jnp.clip(images * b, 0, 1)
+  if max_contrast:
+    c = _factors(rng_c, images.shape[0], max_contrast)[:, None, None]
+    mean = images.mean(axis=(1, 2), keepdims=True)
+    images = jnp.clip((images - mean) * c + mean, 0, 1)
+  return images
+
+
+def augment(
+  rng: jax.Array,
+  images: jax.Array,
+  max_degrees: float = 0.0,
+  max_shift: float = 0.0,
+  max_scale: float = 0.0,
+  max_brightness: float = 0.0,
+  max_contrast: float = 0.0,
+) -> jax.Array:
+  """Random rotation (±max_degrees), zoom (1 ± max_scale), translation (±max_shift px) and
+  brightness/contrast jitter (jitter_intensity) of float [B, 28, 28] images in [0, 1].
+
+  Applied before normalisation so that the filled-in border is black (0). A jitter at 0 adds
+  nothing to the program, and rotation and shift draw from the same keys whatever else is on,
+  so a config that leaves the newer jitters off trains on the same images as before they were.
   """
-  if max_degrees == 0 and max_shift == 0:
+  if max_degrees == max_shift == max_scale == max_brightness == max_contrast == 0:
     return images
   rng_angle, rng_shift = jax.random.split(rng)
   batch = images.shape[0]
   angles = jax.random.uniform(rng_angle, (batch,), minval=-1, maxval=1) * jnp.deg2rad(max_degrees)
   shifts = jax.random.uniform(rng_shift, (batch, 2), minval=-max_shift, maxval=max_shift)
-  return jax.vmap(_affine_one)(images, angles, shifts)
+  if max_degrees or max_shift or max_scale:
+    scales = _factors(jax.random.fold_in(rng, 1), batch, max_scale) if max_scale else None
+    images = jax.vmap(_affine_one)(images, angles, shifts, scales)
+  if max_brightness or max_contrast:
+    images = jitter_intensity(jax.random.fold_in(rng, 2), images, max_brightness, max_contrast)
+  return images
 
 
 def preprocess(
   images_u8: jax.Array,
   rng: jax.Array | None = None,
-  *,
-  max_degrees: float = 0.0,
-  max_shift: float = 0.0,
+  **jitter: float,
 ) -> jax.Array:
-  """uint8 [B, 28, 28] -> normalised float32 [B, 28, 28, 1], augmented when `rng` is given."""
+  """uint8 [B, 28, 28] -> normalised float32 [B, 28, 28, 1], augmented when `rng` is given
+  (`jitter`: `augment`'s keyword arguments, AUGMENT_FIELDS)."""
   x = images_u8.astype(jnp.float32) / 255.0
   if rng is not None:
-    x = augment(rng, x, max_degrees, max_shift)
+    x = augment(rng, x, **jitter)
   return ((x - PIXEL_MEAN) / PIXEL_STD)[..., None]

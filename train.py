@@ -107,23 +107,21 @@ def train_step(
   labels: jax.Array,
   rng: jax.Array,
   *,
-  max_degrees: float = 0.0,
-  max_shift: float = 0.0,
+  jitter: dict[str, float] | None = None,
   label_smoothing: float = 0.0,
   ema_decay: float = 0.0,
   gradients: str = 'autodiff',
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on a uint8 batch: (state, batch, rng) -> (new state, metrics).
 
-  With `ema_decay` > 0 the step also updates `state.ema`, the weights evaluation uses.
+  `jitter`: input_pipeline.augment's keyword arguments (none: no augmentation). With
+  `ema_decay` > 0 the step also updates `state.ema`, the weights evaluation uses.
 
   Metrics are sums over the batch (loss_sum, correct, count) so that any number of steps can
   be added up on device, plus `finite`: whether the loss and every gradient are finite.
   """
   rng_aug, rng_dropout = jax.random.split(rng)
-  images = input_pipeline.preprocess(
-    images_u8, rng_aug, max_degrees=max_degrees, max_shift=max_shift
-  )
+  images = input_pipeline.preprocess(images_u8, rng_aug, **(jitter or {}))
 
   def loss_fn(params):
     variables = {'params': params, 'batch_stats': state.batch_stats}
@@ -197,8 +195,9 @@ def compile_programs(
   config: ml_collections.ConfigDict, state: TrainState, train_images, train_labels, **options
 ) -> compiled.Programs:
   """Every compiled call of a run of `config` (compiled.compile_programs) on `train_step`."""
-  fields = ('max_degrees', 'max_shift', 'label_smoothing', 'ema_decay', 'gradients')
-  step_fn = functools.partial(train_step, **{k: config[k] for k in fields})
+  fields = ('label_smoothing', 'ema_decay', 'gradients')
+  jitter = {k: config[k] for k in input_pipeline.AUGMENT_FIELDS}
+  step_fn = functools.partial(train_step, jitter=jitter, **{k: config[k] for k in fields})
   return compiled.compile_programs(
     config, state, train_images, train_labels, step_fn, eval_step, **options
   )

@@ -102,8 +102,9 @@ def main(argv):
   replicate = multihost.replicator(compiled.data_shardings()[0])
   state = replicate(train.create_train_state(jax.random.key(0), config, steps_per_epoch))
   train_data = replicate((data['train'].images, data['train'].labels))
-  fields = ('max_degrees', 'max_shift', 'label_smoothing', 'ema_decay')
-  step_fn = functools.partial(train.train_step, **{k: config[k] for k in fields})
+  jitter = {k: config[k] for k in input_pipeline.AUGMENT_FIELDS}
+  fields = ('label_smoothing', 'ema_decay')
+  step_fn = functools.partial(train.train_step, jitter=jitter, **{k: config[k] for k in fields})
   results, steppers = [], []
   for k in (int(x) for x in FLAGS.steps_per_call):
     config.steps_per_call = k

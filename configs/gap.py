@@ -42,6 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Augmentation (on device, inside the train step)
   c.max_degrees = 7.0  # Random rotation in [-max_degrees, +max_degrees].
   c.max_shift = 2.0  # Random translation in pixels, per axis.
+  c.max_scale = 0.0  # Random zoom by a factor in [1 - max_scale, 1 + max_scale].
+  c.max_brightness = 0.0  # Pixels times a random factor in [1 - max_brightness, 1 + ...].
+  c.max_contrast = 0.0  # Spread about the image mean by a factor in [1 - max_contrast, 1 + ...].
 
   # --- Run
   c.seed = 0  # Seeds init, shuffling, augmentation and dropout.
