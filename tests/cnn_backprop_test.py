@@ -216,7 +216,7 @@ class TrainStepTest(absltest.TestCase):
     state = train.create_train_state(jax.random.key(0), config, 10)
     images = jax.random.randint(jax.random.key(1), (8, 28, 28), 0, 256).astype(jnp.uint8)
     labels = jax.random.randint(jax.random.key(2), (8,), 0, 10)
-    step = functools.partial(train.train_step, label_smoothing=0.1, max_shift=2.0)
+    step = functools.partial(train.train_step, label_smoothing=0.1, jitter=dict(max_shift=2.0))
     outs = {
       g: jax.jit(functools.partial(step, gradients=g))(state, images, labels, jax.random.key(3))
       for g in ('hand', 'autodiff')

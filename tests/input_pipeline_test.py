@@ -392,6 +392,45 @@ class AugmentTest(chex.TestCase):
       or np.allclose(out, np.rot90(self.image, -1), atol=1e-5)
     )
 
+  def test_zoom_scales_distances_from_the_centre(self):
+    # Bilinear sampling is exact on a ramp: zooming by 2 halves every row's distance from the
+    # centre row (13.5) in the value it reads, inside the rows that sample the input.
+    ramp = jnp.broadcast_to(jnp.arange(28, dtype=jnp.float32)[:, None], (28, 28))
+    out = input_pipeline._affine_one(ramp, jnp.float32(0), jnp.zeros(2), jnp.float32(2.0))
+    rows = np.arange(28)
+    np.testing.assert_allclose(out[:, 5], 13.5 + (rows - 13.5) / 2, atol=1e-5)
+    shrunk = input_pipeline._affine_one(ramp, jnp.float32(0), jnp.zeros(2), jnp.float32(0.5))
+    np.testing.assert_array_equal(shrunk[0], 0.0)  # Zoomed out: the border is filled black.
+
+  def test_brightness_and_contrast_stay_in_their_ranges(self):
+    # Mid-grey images with a small spread: no pixel clips, so the factors can be read back.
+    images = 0.5 + 0.1 * jax.random.uniform(jax.random.key(1), (64, 28, 28), minval=-1, maxval=1)
+    bright = input_pipeline.jitter_intensity(jax.random.key(2), images, 0.2, 0.0)
+    factor = np.asarray(bright / images)
+    np.testing.assert_allclose(factor, factor[:, :1, :1] * np.ones_like(factor), rtol=1e-5)
+    self.assertTrue(np.all((factor >= 0.8 - 1e-6) & (factor <= 1.2 + 1e-6)))
+    self.assertGreater(factor.std(), 0.05)  # Each image draws its own factor.
+    contrast = input_pipeline.jitter_intensity(jax.random.key(2), images, 0.0, 0.3)
+    np.testing.assert_allclose(contrast.mean((1, 2)), images.mean((1, 2)), atol=1e-5)
+    spread = np.asarray(contrast.std((1, 2)) / images.std((1, 2)))
+    self.assertTrue(np.all((spread >= 0.7 - 1e-5) & (spread <= 1.3 + 1e-5)), spread)
+    full = input_pipeline.jitter_intensity(jax.random.key(3), self.image[None] * 2, 0.5, 0.5)
+    self.assertTrue(bool((full >= 0).all() & (full <= 1).all()))  # Clipped to [0, 1].
+
+  def test_new_jitters_off_keep_the_rotation_and_shift_draws(self):
+    # The committed runs trained before zoom and intensity jitter existed: with those off,
+    # augment must draw the same angles and shifts from the same keys.
+    images = jnp.stack([self.image] * 4)
+    rng = jax.random.key(7)
+    rng_angle, rng_shift = jax.random.split(rng)
+    angles = jax.random.uniform(rng_angle, (4,), minval=-1, maxval=1) * jnp.deg2rad(7.0)
+    shifts = jax.random.uniform(rng_shift, (4, 2), minval=-2.0, maxval=2.0)
+    expected = jax.vmap(input_pipeline._affine_one)(images, angles, shifts)
+    out = input_pipeline.augment(rng, images, max_degrees=7.0, max_shift=2.0)
+    np.testing.assert_array_equal(out, expected)
+    jittered = input_pipeline.augment(rng, images, max_degrees=7.0, max_shift=2.0, max_scale=0.1)
+    self.assertFalse(np.allclose(jittered, expected))
+
   @chex.variants(with_jit=True, without_jit=True)
   def test_preprocess_shapes_and_normalisation(self):
     images = jnp.full((4, 28, 28), 255, jnp.uint8)
@@ -401,7 +440,9 @@ class AugmentTest(chex.TestCase):
       out, (1 - input_pipeline.PIXEL_MEAN) / input_pipeline.PIXEL_STD, rtol=1e-6
     )
     aug = self.variant(
-      lambda x, r: input_pipeline.preprocess(x, r, max_degrees=10.0, max_shift=2.0)
+      lambda x, r: input_pipeline.preprocess(
+        x, r, max_degrees=10.0, max_shift=2.0, max_scale=0.1, max_brightness=0.2, max_contrast=0.2
+      )
     )(images, jax.random.key(1))
     chex.assert_shape(aug, (4, 28, 28, 1))
     chex.assert_tree_all_finite(aug)

@@ -198,6 +198,7 @@ class CommandLineTest(parameterized.TestCase):
       ('--config.learning_rate=inf',): 'config.learning_rate=inf must be a finite number > 0',
       ('--config.num_epochs=0',): 'config.num_epochs=0 must be >= 1',
       ('--config.checkpoints_to_keep=0',): 'config.checkpoints_to_keep=0 must be >= 1',
+      ('--config.max_scale=1.5',): 'config.max_scale=1.5 must be in [0, 1) (0 = off)',
       ('--config.data_dir=/no/such/folder',): "config.data_dir='/no/such/folder' is not an",
       ('--config=configs/no_such.py',): 'the --config file could not be loaded',
       ('--config=configs/mnist.py', '--config.nonsense=1'): 'unknown config field in',

@@ -77,7 +77,8 @@ class TrainStepTest(chex.TestCase):
     @jax.jit
     @chex.assert_max_traces(n=1)
     def step(state, images, labels, rng):
-      return train.train_step(state, images, labels, rng, max_degrees=7.0, max_shift=2.0)
+      jitter = dict(max_degrees=7.0, max_shift=2.0, max_scale=0.09, max_brightness=0.2)
+      return train.train_step(state, images, labels, rng, jitter=jitter)
 
     state = self.state
     for i in range(3):  # New data, new rng, new state: same shapes, so no retrace.
