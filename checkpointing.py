@@ -314,9 +314,18 @@ RESUMABLE_CHANGES = (
 )  # fmt: skip
 
 
+# Fields added to the config after runs were saved without them, and the value that trains as
+# those runs did: left out of a run's settings at that value, so older workdirs still resume.
+ADDED_FIELDS = {'max_scale': 0.0, 'max_brightness': 0.0, 'max_contrast': 0.0}
+
+
 def run_settings(config: Any) -> dict[str, Any]:
   """The config fields that shape the weights (what a resumed checkpoint must match)."""
-  return {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
+  return {
+    k: v
+    for k, v in config.to_dict().items()
+    if k not in RESUMABLE_CHANGES and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])
+  }
 
 
 def restore_run(workdir: str, config, state: Any):

@@ -203,6 +203,24 @@ class CheckpointIntegrityTest(parameterized.TestCase):
       checkpointing.restore_latest(manager, self.template, other)
     manager.close()
 
+  def test_a_run_saved_before_the_zoom_and_intensity_fields_still_resumes(self):
+    """Settings saved before max_scale/max_brightness/max_contrast existed match a config that
+    leaves them off (they trained the same images); one that turns a jitter on is refused."""
+    config = mnist.get_config()
+    old = checkpointing.run_settings(config)
+    for field in checkpointing.ADDED_FIELDS:
+      self.assertIn(field, config)
+      self.assertNotIn(field, old)  # Off, so left out: as a run saved before they existed.
+    workdir = self.create_tempdir().full_path
+    manager = checkpointing.checkpoint_manager(workdir, 3)
+    checkpointing.save_checkpoint(manager, 1, self.states[1], {'epoch': 1}, old)
+    _, epoch = checkpointing.restore_latest(manager, self.template, old)
+    self.assertEqual(epoch, 1)
+    config.max_scale = 0.09
+    with self.assertRaisesRegex(errors.CheckpointError, r'max_scale=None \(now 0.09\)'):
+      checkpointing.restore_latest(manager, self.template, checkpointing.run_settings(config))
+    manager.close()
+
   def test_checkpoint_without_checksums_loads_with_a_warning(self):
     """Checkpoints saved before the checksums existed still resume (unverified)."""
     workdir = self.create_tempdir().full_path
