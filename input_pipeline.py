@@ -410,13 +410,12 @@ def augment(
   nothing to the program, and rotation and shift draw from the same keys whatever else is on,
   so a config that leaves the newer jitters off trains on the same images as before they were.
   """
-  if max_degrees == max_shift == max_scale == max_brightness == max_contrast == 0:
-    return images
-  rng_angle, rng_shift = jax.random.split(rng)
   batch = images.shape[0]
-  angles = jax.random.uniform(rng_angle, (batch,), minval=-1, maxval=1) * jnp.deg2rad(max_degrees)
-  shifts = jax.random.uniform(rng_shift, (batch, 2), minval=-max_shift, maxval=max_shift)
   if max_degrees or max_shift or max_scale:
+    rng_angle, rng_shift = jax.random.split(rng)
+    angles = jax.random.uniform(rng_angle, (batch,), minval=-1, maxval=1)
+    angles = angles * jnp.deg2rad(max_degrees)
+    shifts = jax.random.uniform(rng_shift, (batch, 2), minval=-max_shift, maxval=max_shift)
     scales = _factors(jax.random.fold_in(rng, 1), batch, max_scale) if max_scale else None
     images = jax.vmap(_affine_one)(images, angles, shifts, scales)
   if max_brightness or max_contrast:
