@@ -14,6 +14,7 @@ import statistics
 
 from absl.testing import absltest
 
+import checkpointing
 import metrics
 from configs import mnist
 from nets import cnn
@@ -23,13 +24,7 @@ RUNS = os.path.join(testutil.REPO_ROOT, 'docs', 'runs')
 # Where a run's data came from and which seed it was: not part of the recipe.
 RUN_LOCAL_FIELDS = {'seed', 'data_dir', 'data_url', 'download_dir', 'tfds_data_dir'}
 # Fields added to the configs after some runs were made, with the value that means "as before".
-FIELDS_ADDED_LATER = {
-  'ema_decay': 0.0,
-  'gradients': 'autodiff',
-  'max_scale': 0.0,
-  'max_brightness': 0.0,
-  'max_contrast': 0.0,
-}
+FIELDS_ADDED_LATER = {'ema_decay': 0.0, 'gradients': 'autodiff', **checkpointing.ADDED_FIELDS}
 # Architectures renamed after some runs were made (same layers): old name -> name now.
 RENAMED_ARCHS = {'default': 'gap', 'tiny6h': 'tiny6'}
 GPU_RUNS = os.path.join(testutil.REPO_ROOT, 'docs', 'gpu')
