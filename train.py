@@ -108,20 +108,24 @@ def train_step(
   rng: jax.Array,
   *,
   jitter: dict[str, float] | None = None,
+  clean_from_step: int = 0,
   label_smoothing: float = 0.0,
   ema_decay: float = 0.0,
   gradients: str = 'autodiff',
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on a uint8 batch: (state, batch, rng) -> (new state, metrics).
 
-  `jitter`: input_pipeline.augment's keyword arguments (none: no augmentation). With
-  `ema_decay` > 0 the step also updates `state.ema`, the weights evaluation uses.
+  `jitter`: input_pipeline.augment's keyword arguments (none: no augmentation), not applied
+  from step `clean_from_step` on (0: every step). With `ema_decay` > 0 the step also updates
+  `state.ema`, the weights evaluation uses.
 
   Metrics are sums over the batch (loss_sum, correct, count) so that any number of steps can
   be added up on device, plus `finite`: whether the loss and every gradient are finite.
   """
   rng_aug, rng_dropout = jax.random.split(rng)
   images = input_pipeline.preprocess(images_u8, rng_aug, **(jitter or {}))
+  if clean_from_step:  # The last epochs train on the images as they are.
+    images = jnp.where(state.step < clean_from_step, images, input_pipeline.preprocess(images_u8))
 
   def loss_fn(params):
     variables = {'params': params, 'batch_stats': state.batch_stats}
@@ -136,9 +140,8 @@ def train_step(
   if ema_decay > 0:
     new = {'params': new_state.params, 'batch_stats': new_state.batch_stats}
     new_state = new_state.replace(ema=ema_update(state.ema, new, state.step, ema_decay))
-  finite = jnp.isfinite(loss) & jnp.all(
-    jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
-  )
+  leaves_finite = [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]
+  finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(leaves_finite))
   return new_state, {
     'loss_sum': loss * labels.shape[0],
     'correct': jnp.sum(jnp.argmax(logits, -1) == labels),
@@ -179,11 +182,10 @@ def evaluate(
   mask = np.arange(padded) < n
   images = np.concatenate([images, np.zeros((padded - n, *images.shape[1:]), images.dtype)])
   labels = np.concatenate([labels, np.zeros(padded - n, labels.dtype)])
-  outs = [
+  outs = jax.device_get([
     eval_fn(state, images[i : i + batch_size], labels[i : i + batch_size], mask[i : i + batch_size])
     for i in range(0, padded, batch_size)
-  ]
-  outs = jax.device_get(outs)
+  ])  # fmt: skip
   count = sum(int(o['count']) for o in outs)
   return {
     'loss': sum(float(o['loss_sum']) for o in outs) / count,
@@ -195,9 +197,11 @@ def compile_programs(
   config: ml_collections.ConfigDict, state: TrainState, train_images, train_labels, **options
 ) -> compiled.Programs:
   """Every compiled call of a run of `config` (compiled.compile_programs) on `train_step`."""
-  fields = ('label_smoothing', 'ema_decay', 'gradients')
+  fields = {k: config[k] for k in ('label_smoothing', 'ema_decay', 'gradients')}
   jitter = {k: config[k] for k in input_pipeline.AUGMENT_FIELDS}
-  step_fn = functools.partial(train_step, jitter=jitter, **{k: config[k] for k in fields})
+  steps = len(train_labels) // config.batch_size  # The last clean_epochs are not augmented.
+  clean = config.clean_epochs and (config.num_epochs - config.clean_epochs) * steps
+  step_fn = functools.partial(train_step, jitter=jitter, clean_from_step=clean, **fields)
   return compiled.compile_programs(
     config, state, train_images, train_labels, step_fn, eval_step, **options
   )
@@ -244,15 +248,9 @@ def fit_epoch(config, programs, state, train_data, test, epoch, rngs, schedule, 
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains and evaluates per `config`, checkpointing to and resuming from `workdir`.
-
-  Args:
-    config: a configs/*.py ConfigDict.
-    workdir: where checkpoints, metrics, TensorBoard events, plots and summary.json go.
-
-  Returns:
-    The summary dict also written to workdir/summary.json.
-  """
+  """Trains and evaluates `config` (a configs/*.py ConfigDict) in `workdir` (checkpoints,
+  metrics, TensorBoard events, plots, summary.json), resuming from what is there; returns the
+  summary dict also written to workdir/summary.json."""
   preflight.validate_config(config)
   if not multihost.is_primary():  # Process 0 creates, checks and locks the workdir.
     multihost.sync('workdir ready')

@@ -45,6 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.max_scale = 0.0  # Random zoom by a factor in [1 - max_scale, 1 + max_scale].
   c.max_brightness = 0.0  # Pixels times a random factor in [1 - max_brightness, 1 + ...].
   c.max_contrast = 0.0  # Spread about the image mean by a factor in [1 - max_contrast, 1 + ...].
+  c.clean_epochs = 0  # The last clean_epochs epochs train without augmentation (0 = none).
 
   # --- Run
   c.seed = 0  # Seeds init, shuffling, augmentation and dropout.

@@ -199,6 +199,7 @@ class CommandLineTest(parameterized.TestCase):
       ('--config.num_epochs=0',): 'config.num_epochs=0 must be >= 1',
       ('--config.checkpoints_to_keep=0',): 'config.checkpoints_to_keep=0 must be >= 1',
       ('--config.max_scale=1.5',): 'config.max_scale=1.5 must be in [0, 1) (0 = off)',
+      ('--config.clean_epochs=15',): 'config.clean_epochs=15 must be in [0, num_epochs)',
       ('--config.data_dir=/no/such/folder',): "config.data_dir='/no/such/folder' is not an",
       ('--config=configs/no_such.py',): 'the --config file could not be loaded',
       ('--config=configs/mnist.py', '--config.nonsense=1'): 'unknown config field in',
