@@ -26,19 +26,24 @@ import numpy as np
 class Layer:
   """One stage of the network.
 
-  kind: 'conv' (conv -> BatchNorm -> ReLU), 'pool' (2x2 max-pool), 'gap' (global average
+  kind: 'conv' (conv -> BatchNorm -> ReLU), 'dwconv' (the same, depthwise: each channel its
+  own kernel, as many channels out as in), 'pool' (2x2 max-pool), 'gap' (global average
   pool), 'flatten' (keep the map's layout: a spatial head), 'dropout', or 'dense' (the final
   linear classifier, with bias).
   """
 
   kind: str
   features: int = 0  # output channels ('conv') or classes ('dense')
-  kernel: int = 3  # square kernel size for 'conv'
+  kernel: int = 3  # square kernel size for 'conv' and 'dwconv'
   padding: str = 'SAME'  # 'SAME' keeps the spatial size; 'VALID' shrinks it by kernel - 1
 
 
 def conv(features: int, kernel: int = 3, padding: str = 'SAME') -> Layer:
   return Layer('conv', features, kernel, padding)
+
+
+def dwconv(kernel: int = 3, padding: str = 'SAME') -> Layer:
+  return Layer('dwconv', 0, kernel, padding)
 
 
 POOL = Layer('pool', kernel=2)
@@ -105,12 +110,15 @@ ARCHITECTURES: dict[str, tuple[Layer, ...]] = {
 }
 
 # Layer-spec tokens: c<N> (3x3 conv-BN-ReLU, N channels), c<N>k<K> (KxK), c<N>v (3x3 VALID),
-# pool, gap, flatten, dropout, dense (the 10-class classifier).
+# dw (3x3 depthwise conv-BN-ReLU; dwk<K>, dwv likewise), pool, gap, flatten, dropout, dense
+# (the 10-class classifier). A depthwise-separable conv is 'dw-c<N>k1'.
 _CONV = re.compile(r'c(\d+)(?:k(\d+))?(v?)')
+_DWCONV = re.compile(r'dw(?:k(\d+))?(v?)')
 _WORDS = {'pool': POOL, 'gap': GAP, 'flatten': FLATTEN, 'dropout': DROPOUT, 'dense': HEAD}
 SPEC_HELP = (
   'a layer spec such as c8-c16-pool-c8k1-c16-c16-pool-c16v-gap-dense (c<N>: 3x3 conv, N '
-  'channels; k<K>: KxK kernel; v: VALID padding; pool, gap, flatten, dropout, dense)'
+  'channels; dw: 3x3 depthwise conv; k<K>: KxK kernel; v: VALID padding; pool, gap, flatten, '
+  'dropout, dense)'
 )
 
 
@@ -118,10 +126,13 @@ def parse(spec: str) -> tuple[Layer, ...]:
   """The layers of a spec such as 'c8-c16-pool-c16v-gap-dense'; ValueError says what is wrong."""
   layers = []
   for token in spec.split('-'):
-    match = _CONV.fullmatch(token)
+    match, depthwise = _CONV.fullmatch(token), _DWCONV.fullmatch(token)
     if match:
       features, kernel, valid = match.groups()
       layers.append(conv(int(features), int(kernel or 3), 'VALID' if valid else 'SAME'))
+    elif depthwise:
+      kernel, valid = depthwise.groups()
+      layers.append(dwconv(int(kernel or 3), 'VALID' if valid else 'SAME'))
     elif token in _WORDS:
       layers.append(_WORDS[token])
     else:
@@ -137,7 +148,7 @@ def to_spec(layers: Sequence[Layer]) -> str:
   return '-'.join(
     words[lay]
     if lay in words
-    else f'c{lay.features}'
+    else (f'c{lay.features}' if lay.kind == 'conv' else 'dw')
     + (f'k{lay.kernel}' if lay.kernel != 3 else '')
     + ('v' if lay.padding == 'VALID' else '')
     for lay in layers
@@ -183,6 +194,12 @@ class CNN(nn.Module):
         x = nn.Conv(
           layer.features, (layer.kernel, layer.kernel), padding=layer.padding, use_bias=False
         )(x)  # No bias: the BatchNorm shift that follows replaces it.
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x)
+        x = nn.relu(x)
+      elif layer.kind == 'dwconv':
+        channels, window = x.shape[-1], (layer.kernel, layer.kernel)
+        x = nn.Conv(channels, window, padding=layer.padding, feature_group_count=channels,
+                    use_bias=False)(x)  # fmt: skip
         x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x)
         x = nn.relu(x)
       elif layer.kind == 'pool':
@@ -269,7 +286,7 @@ def summary(model: CNN, image_shape=(28, 28, 1)) -> list[dict[str, Any]]:
       lambda s=shape, m=sub: m.init(jax.random.key(0), jnp.zeros(s), train=False)
     )
     out = jax.eval_shape(lambda v, s=shape, m=sub: m.apply(v, jnp.zeros(s), train=False), variables)
-    if layer.kind in ('conv', 'pool'):
+    if layer.kind in ('conv', 'dwconv', 'pool'):
       rf += (layer.kernel - 1) * jump
       if layer.kind == 'pool':
         jump *= layer.kernel
@@ -277,6 +294,7 @@ def summary(model: CNN, image_shape=(28, 28, 1)) -> list[dict[str, Any]]:
       rf += (shape[1] - 1) * jump
     name = {
       'conv': f'conv{layer.kernel}x{layer.kernel}-bn-relu({layer.features})',
+      'dwconv': f'dwconv{layer.kernel}x{layer.kernel}-bn-relu({shape[-1]})',
       'pool': 'maxpool2x2',
       'gap': 'global-avg-pool',
       'flatten': 'flatten',

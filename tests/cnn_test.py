@@ -89,6 +89,28 @@ class CnnTest(parameterized.TestCase):
       ),
     )
 
+  def test_depthwise_tokens(self):
+    layers = cnn.parse('c8-dw-c16k1-dwk5v-gap-dense')
+    self.assertEqual(layers[1:4], (cnn.dwconv(), cnn.conv(16, 1), cnn.dwconv(5, 'VALID')))
+    self.assertEqual(cnn.to_spec(layers), 'c8-dw-c16k1-dwk5v-gap-dense')
+
+  def test_depthwise_conv_keeps_each_channel_apart(self):
+    """One KxK kernel per channel (plus its BatchNorm scale and shift), and an output channel
+    that reads its own input channel only: what makes 'dw-c<N>k1' a separable conv."""
+    model = cnn.build('c6-dw-gap-dense')
+    rows = cnn.summary(model)
+    self.assertEqual(rows[1]['params'], 6 * 9 + 2 * 6)
+    self.assertEqual(rows[1]['output'], (28, 28, 6))
+    self.assertEqual(rows[1]['receptive_field'], 5)
+    layer = cnn.CNN(layers=(cnn.dwconv(),))
+    x = jax.random.normal(jax.random.key(1), (1, 28, 28, 6))
+    variables = layer.init(jax.random.key(0), x, train=False)
+    chex.assert_shape(variables['params']['Conv_0']['kernel'], (3, 3, 1, 6))
+    y = layer.apply(variables, x, train=False)
+    y_moved = layer.apply(variables, x.at[..., 2].multiply(-3.0), train=False)
+    changed = jnp.abs(y_moved - y).max(axis=(0, 1, 2)) > 0
+    self.assertEqual(changed.tolist(), [False, False, True, False, False, False])
+
   @parameterized.parameters(
     ('c8-c16x-gap-dense', "'c16x'"),  # An unknown token is named.
     ('c8-gap', 'must end with its only dense layer'),
