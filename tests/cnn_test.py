@@ -105,11 +105,26 @@ class CnnTest(parameterized.TestCase):
     layer = cnn.CNN(layers=(cnn.dwconv(),))
     x = jax.random.normal(jax.random.key(1), (1, 28, 28, 6))
     variables = layer.init(jax.random.key(0), x, train=False)
-    chex.assert_shape(variables['params']['Conv_0']['kernel'], (3, 3, 1, 6))
+    chex.assert_shape(variables['params']['DepthwiseConv_0']['kernel'], (3, 3, 1, 6))
     y = layer.apply(variables, x, train=False)
     y_moved = layer.apply(variables, x.at[..., 2].multiply(-3.0), train=False)
     changed = jnp.abs(y_moved - y).max(axis=(0, 1, 2)) > 0
     self.assertEqual(changed.tolist(), [False, False, True, False, False, False])
+
+  @parameterized.parameters((3, 'SAME'), (3, 'VALID'), (4, 'SAME'), (5, 'VALID'))
+  def test_depthwise_conv_equals_flax_grouped_conv(self, kernel, padding):
+    x = jax.random.normal(jax.random.key(2), (2, 11, 9, 5))
+    ours = cnn.DepthwiseConv(kernel, padding)
+    variables = ours.init(jax.random.key(3), x)
+    flax_conv = nn.Conv(5, (kernel, kernel), padding=padding, feature_group_count=5, use_bias=False)
+    chex.assert_trees_all_equal_shapes(variables, flax_conv.init(jax.random.key(3), x))
+    chex.assert_trees_all_close(
+      ours.apply(variables, x), flax_conv.apply(variables, x), rtol=1e-5, atol=1e-5
+    )
+    grads = [
+      jax.grad(lambda v, m=m: jnp.sum(jnp.sin(m.apply(v, x))))(variables) for m in (ours, flax_conv)
+    ]
+    chex.assert_trees_all_close(*grads, rtol=1e-4, atol=1e-4)
 
   @parameterized.parameters(
     ('c8-c16x-gap-dense', "'c16x'"),  # An unknown token is named.
