@@ -88,18 +88,15 @@ class TrainStepTest(chex.TestCase):
   def test_steps_from_clean_from_step_on_train_without_augmentation(self):
     jitter = dict(max_degrees=7.0, max_shift=2.0, max_scale=0.09)
     step = jax.jit(functools.partial(train.train_step, jitter=jitter, clean_from_step=1))
+    augmented_step = jax.jit(functools.partial(train.train_step, jitter=jitter))
     rng = jax.random.key(4)
     first, _ = step(self.state, self.images, self.labels, rng)  # Step 0: augmented.
-    augmented, _ = jax.jit(functools.partial(train.train_step, jitter=jitter))(
-      self.state, self.images, self.labels, rng
-    )
+    augmented, _ = augmented_step(self.state, self.images, self.labels, rng)
     chex.assert_trees_all_close(first.params, augmented.params, rtol=1e-6, atol=1e-7)
     second, _ = step(first, self.images, self.labels, rng)  # Step 1: the images as they are.
     plain, _ = jax.jit(train.train_step)(first, self.images, self.labels, rng)
     chex.assert_trees_all_close(second.params, plain.params, rtol=1e-6, atol=1e-7)
-    still_augmented, _ = jax.jit(functools.partial(train.train_step, jitter=jitter))(
-      first, self.images, self.labels, rng
-    )
+    still_augmented, _ = augmented_step(first, self.images, self.labels, rng)
     diff = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), second.params,
                                   still_augmented.params)  # fmt: skip
     self.assertGreater(max(jax.tree_util.tree_leaves(diff)), 1e-4)
