@@ -123,9 +123,9 @@ def train_step(
   be added up on device, plus `finite`: whether the loss and every gradient are finite.
   """
   rng_aug, rng_dropout = jax.random.split(rng)
-  images = input_pipeline.preprocess(images_u8, rng_aug, **(jitter or {}))
-  if clean_from_step:  # The last epochs train on the images as they are.
-    images = jnp.where(state.step < clean_from_step, images, input_pipeline.preprocess(images_u8))
+  aug = functools.partial(input_pipeline.preprocess, images_u8, rng_aug, **(jitter or {}))
+  plain = functools.partial(input_pipeline.preprocess, images_u8)  # The clean last epochs'.
+  images = jax.lax.cond(state.step < clean_from_step, aug, plain) if clean_from_step else aug()
 
   def loss_fn(params):
     variables = {'params': params, 'batch_stats': state.batch_stats}
@@ -193,15 +193,20 @@ def evaluate(
   }, np.concatenate([o['preds'] for o in outs])[:n]
 
 
+def step_function(config: ml_collections.ConfigDict, num_train: int) -> Callable:
+  """`train_step` with `config`'s options bound: (state, images, labels, rng) -> ..."""
+  fields = {k: config[k] for k in ('label_smoothing', 'ema_decay', 'gradients')}
+  jitter = {k: config[k] for k in input_pipeline.AUGMENT_FIELDS}
+  steps = num_train // config.batch_size  # The last clean_epochs are not augmented.
+  clean = config.clean_epochs and (config.num_epochs - config.clean_epochs) * steps
+  return functools.partial(train_step, jitter=jitter, clean_from_step=clean, **fields)
+
+
 def compile_programs(
   config: ml_collections.ConfigDict, state: TrainState, train_images, train_labels, **options
 ) -> compiled.Programs:
   """Every compiled call of a run of `config` (compiled.compile_programs) on `train_step`."""
-  fields = {k: config[k] for k in ('label_smoothing', 'ema_decay', 'gradients')}
-  jitter = {k: config[k] for k in input_pipeline.AUGMENT_FIELDS}
-  steps = len(train_labels) // config.batch_size  # The last clean_epochs are not augmented.
-  clean = config.clean_epochs and (config.num_epochs - config.clean_epochs) * steps
-  step_fn = functools.partial(train_step, jitter=jitter, clean_from_step=clean, **fields)
+  step_fn = step_function(config, len(train_labels))
   return compiled.compile_programs(
     config, state, train_images, train_labels, step_fn, eval_step, **options
   )
@@ -328,10 +333,8 @@ def finish(workdir, config, state, programs, history, test, num_params) -> dict[
     metrics.write_json(os.path.join(workdir, 'summary.json'), summary)
     if config.plots:
       plots.plot_run(workdir, history, test.images, test.labels, preds)
-    logging.info(
-      'Done: final test accuracy %.4f, best %.4f; summary in %s.',
-      summary['final_test_accuracy'], summary['best_test_accuracy'], workdir,
-    )  # fmt: skip
+    accs = summary['final_test_accuracy'], summary['best_test_accuracy']
+    logging.info('Done: final test accuracy %.4f, best %.4f; summary in %s.', *accs, workdir)
   return summary
 
 

@@ -16,7 +16,6 @@ timed rounds alternate (ABBA), so a load that comes and goes hits them alike.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import statistics
@@ -102,9 +101,7 @@ def main(argv):
   replicate = multihost.replicator(compiled.data_shardings()[0])
   state = replicate(train.create_train_state(jax.random.key(0), config, steps_per_epoch))
   train_data = replicate((data['train'].images, data['train'].labels))
-  jitter = {k: config[k] for k in input_pipeline.AUGMENT_FIELDS}
-  fields = ('label_smoothing', 'ema_decay')
-  step_fn = functools.partial(train.train_step, jitter=jitter, **{k: config[k] for k in fields})
+  step_fn = train.step_function(config, len(data['train'].labels))
   results, steppers = [], []
   for k in (int(x) for x in FLAGS.steps_per_call):
     config.steps_per_call = k

@@ -101,6 +101,17 @@ class TrainStepTest(chex.TestCase):
                                   still_augmented.params)  # fmt: skip
     self.assertGreater(max(jax.tree_util.tree_leaves(diff)), 1e-4)
 
+  def test_step_function_switches_to_clean_images_at_the_first_clean_epoch(self):
+    config = mnist.get_config()
+    config.num_epochs, config.batch_size, config.label_smoothing = 5, 64, 0.1
+    config.clean_epochs = 2
+    step = train.step_function(config, num_train=6_400)  # 100 steps an epoch.
+    self.assertEqual(step.keywords['clean_from_step'], 300)
+    self.assertEqual(step.keywords['label_smoothing'], 0.1)
+    self.assertEqual(step.keywords['jitter']['max_shift'], config.max_shift)
+    config.clean_epochs = 0
+    self.assertEqual(train.step_function(config, 6_400).keywords['clean_from_step'], 0)
+
   @chex.variants(with_jit=True, without_jit=True)
   def test_step_is_pure(self):
     step = self.variant(train.train_step)
