@@ -316,7 +316,10 @@ RESUMABLE_CHANGES = (
 
 # Fields added to the config after runs were saved without them, and the value that trains as
 # those runs did: left out of a run's settings at that value, so older workdirs still resume.
-ADDED_FIELDS = {'max_scale': 0.0, 'max_brightness': 0.0, 'max_contrast': 0.0, 'clean_epochs': 0}
+ADDED_FIELDS = {
+  'max_scale': 0.0, 'max_brightness': 0.0, 'max_contrast': 0.0, 'clean_epochs': 0,
+  'elastic_alpha': 0.0, 'elastic_sigma': 4.0,
+}  # fmt: skip
 
 
 def run_settings(config: Any) -> dict[str, Any]:

@@ -348,15 +348,43 @@ def get_datasets(data_dir: str = '', data_url: str = MNIST_URL, download_dir: st
 # ----------------------------------------------------------------------------- on device
 
 
-# The config fields of the augmentation, `augment`'s keyword arguments (0: that jitter is off).
-AUGMENT_FIELDS = ('max_degrees', 'max_shift', 'max_scale', 'max_brightness', 'max_contrast')
+# The config fields of the augmentation, `augment`'s keyword arguments (0: that jitter is off;
+# elastic_sigma only sets the smoothness of the elastic jitter that elastic_alpha turns on).
+AUGMENT_FIELDS = (
+  'max_degrees', 'max_shift', 'max_scale', 'max_brightness', 'max_contrast', 'elastic_alpha',
+  'elastic_sigma',
+)  # fmt: skip
+
+
+def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
+  """[n, n] matrix G with G @ v = v convolved with a Gaussian of std `sigma` (truncated at 4
+  sigma), the zeros beyond the ends included: scipy.ndimage.gaussian_filter1d(mode='constant')."""
+  radius = int(4 * sigma + 0.5)
+  taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+  taps /= taps.sum()
+  offsets = np.arange(n)[None, :] - np.arange(n)[:, None]  # G[i, j] weighs input j for output i.
+  return np.where(np.abs(offsets) <= radius, taps[np.clip(offsets + radius, 0, 2 * radius)], 0)
+
+
+def elastic_field(rng: jax.Array, shape: tuple[int, ...], alpha: float, sigma: float) -> jax.Array:
+  """Simard et al. (2003)'s elastic displacement, [B, 2, H, W] in pixels: uniform noise in
+  [-1, 1] per pixel and axis, smoothed by a Gaussian of std `sigma` pixels, times `alpha`."""
+  batch, h, w = shape
+  noise = jax.random.uniform(rng, (batch, 2, h, w), minval=-1, maxval=1)
+  g_h, g_w = (jnp.asarray(gaussian_matrix(n, sigma), noise.dtype) for n in (h, w))
+  return alpha * jnp.einsum('ij,bajk,lk->bail', g_h, noise, g_w)  # Rows, then columns.
 
 
 def _affine_one(
-  image: jax.Array, angle: jax.Array, shift: jax.Array, scale: jax.Array | None = None
+  image: jax.Array,
+  angle: jax.Array,
+  shift: jax.Array,
+  scale: jax.Array | None = None,
+  displacement: jax.Array | None = None,
 ) -> jax.Array:
   """Rotates one [28, 28] float image by `angle` radians about its centre, zooms it by `scale`
-  (> 1 enlarges; None: unscaled), then shifts it."""
+  (> 1 enlarges; None: unscaled), then shifts it. `displacement` ([2, 28, 28] pixels, None:
+  none) moves where each output pixel samples the input: an elastic warp."""
   h, w = image.shape
   rows, cols = jnp.meshgrid(
     jnp.arange(h, dtype=image.dtype), jnp.arange(w, dtype=image.dtype), indexing='ij'
@@ -369,6 +397,8 @@ def _affine_one(
   cos, sin = jnp.cos(angle), jnp.sin(angle)
   src_r = cos * y - sin * x + cy
   src_c = sin * y + cos * x + cx
+  if displacement is not None:
+    src_r, src_c = src_r + displacement[0], src_c + displacement[1]
   return jax.scipy.ndimage.map_coordinates(image, [src_r, src_c], order=1, cval=0.0)
 
 
@@ -402,22 +432,30 @@ def augment(
   max_scale: float = 0.0,
   max_brightness: float = 0.0,
   max_contrast: float = 0.0,
+  elastic_alpha: float = 0.0,
+  elastic_sigma: float = 4.0,
 ) -> jax.Array:
-  """Random rotation (±max_degrees), zoom (1 ± max_scale), translation (±max_shift px) and
-  brightness/contrast jitter (jitter_intensity) of float [B, 28, 28] images in [0, 1].
+  """Random rotation (±max_degrees), zoom (1 ± max_scale), translation (±max_shift px), an
+  elastic warp (elastic_field; alpha 0: none) and brightness/contrast jitter (jitter_intensity)
+  of float [B, 28, 28] images in [0, 1].
 
   Applied before normalisation so that the filled-in border is black (0). A jitter at 0 adds
   nothing to the program, and rotation and shift draw from the same keys whatever else is on,
   so a config that leaves the newer jitters off trains on the same images as before they were.
   """
   batch = images.shape[0]
-  if max_degrees or max_shift or max_scale:
+  if max_degrees or max_shift or max_scale or elastic_alpha:
     rng_angle, rng_shift = jax.random.split(rng)
     angles = jax.random.uniform(rng_angle, (batch,), minval=-1, maxval=1)
     angles = angles * jnp.deg2rad(max_degrees)
     shifts = jax.random.uniform(rng_shift, (batch, 2), minval=-max_shift, maxval=max_shift)
     scales = _factors(jax.random.fold_in(rng, 1), batch, max_scale) if max_scale else None
-    images = jax.vmap(_affine_one)(images, angles, shifts, scales)
+    field = (
+      elastic_field(jax.random.fold_in(rng, 3), images.shape, elastic_alpha, elastic_sigma)
+      if elastic_alpha
+      else None
+    )
+    images = jax.vmap(_affine_one)(images, angles, shifts, scales, field)
   if max_brightness or max_contrast:
     images = jitter_intensity(jax.random.fold_in(rng, 2), images, max_brightness, max_contrast)
   return images

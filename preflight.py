@@ -45,6 +45,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     ('max_scale', 0 <= config.max_scale < 1, 'must be in [0, 1) (0 = off)'),
     ('max_brightness', 0 <= config.max_brightness < 1, 'must be in [0, 1) (0 = off)'),
     ('max_contrast', 0 <= config.max_contrast < 1, 'must be in [0, 1) (0 = off)'),
+    (
+      'elastic_alpha',
+      0 <= config.elastic_alpha < math.inf,
+      'must be a finite number >= 0 (0 = off)',
+    ),
+    ('elastic_sigma', 0 < config.elastic_sigma <= 14, 'must be in (0, 14] pixels'),
     ('clean_epochs', 0 <= config.clean_epochs < config.num_epochs, 'must be in [0, num_epochs)'),
     ('steps_per_call', config.steps_per_call >= 0, 'must be >= 0 (0 = auto)'),
     ('checkpoints_to_keep', config.checkpoints_to_keep >= 1, 'must be >= 1'),

@@ -45,6 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.max_scale = 0.0  # Random zoom by a factor in [1 - max_scale, 1 + max_scale].
   c.max_brightness = 0.0  # Pixels times a random factor in [1 - max_brightness, 1 + ...].
   c.max_contrast = 0.0  # Spread about the image mean by a factor in [1 - max_contrast, 1 + ...].
+  c.elastic_alpha = 0.0  # Elastic warp (Simard et al. 2003): smoothed noise times alpha px.
+  c.elastic_sigma = 4.0  # The elastic noise's Gaussian smoothing, in pixels (std).
   c.clean_epochs = 0  # The last clean_epochs epochs train without augmentation (0 = none).
 
   # --- Run

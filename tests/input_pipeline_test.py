@@ -15,6 +15,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.ndimage
 from absl.testing import absltest, parameterized
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -430,6 +431,44 @@ class AugmentTest(chex.TestCase):
     np.testing.assert_array_equal(out, expected)
     jittered = input_pipeline.augment(rng, images, max_degrees=7.0, max_shift=2.0, max_scale=0.1)
     self.assertFalse(np.allclose(jittered, expected))
+
+  @parameterized.parameters(1.0, 4.0, 6.5)
+  def test_elastic_smoothing_is_scipys_gaussian_filter(self, sigma):
+    noise = np.random.default_rng(0).uniform(-1, 1, (28, 28))
+    g = input_pipeline.gaussian_matrix(28, sigma)
+    expected = scipy.ndimage.gaussian_filter(noise, sigma, mode='constant', truncate=4.0)
+    np.testing.assert_allclose(g @ noise @ g.T, expected, atol=1e-12)
+
+  def test_elastic_field_is_smooth_noise_times_alpha(self):
+    field = input_pipeline.elastic_field(jax.random.key(3), (8, 28, 28), 34.0, 4.0)
+    chex.assert_shape(field, (8, 2, 28, 28))
+    doubled = input_pipeline.elastic_field(jax.random.key(3), (8, 28, 28), 68.0, 4.0)
+    np.testing.assert_allclose(doubled, 2 * field, rtol=1e-5, atol=1e-6)
+    step = np.abs(np.diff(np.asarray(field), axis=-1)).mean()  # Neighbours move together:
+    self.assertLess(step, 0.2 * np.abs(np.asarray(field)).mean())  # smooth, not pixel noise.
+    self.assertGreater(np.abs(np.asarray(field)).mean(), 0.3)  # ~1 pixel at alpha 34, sigma 4.
+
+  def test_a_constant_displacement_is_a_shift(self):
+    # The output samples the input at (r, c) + d: d = (-1, +2) is the shift by (1, -2).
+    displacement = jnp.stack([jnp.full((28, 28), -1.0), jnp.full((28, 28), 2.0)])
+    out = input_pipeline._affine_one(self.image, jnp.float32(0), jnp.zeros(2), None, displacement)
+    shifted = input_pipeline._affine_one(self.image, jnp.float32(0), jnp.asarray([1.0, -2.0]))
+    np.testing.assert_allclose(out, shifted, atol=1e-6)
+
+  def test_elastic_jitter_warps_and_keeps_the_other_draws(self):
+    images = jnp.stack([self.image] * 4)
+    rng = jax.random.key(7)
+    plain = input_pipeline.augment(rng, images, max_degrees=7.0, max_shift=2.0)
+    warped = input_pipeline.augment(rng, images, max_degrees=7.0, max_shift=2.0, elastic_alpha=34.0)
+    self.assertGreater(float(jnp.abs(warped - plain).mean()), 0.05)
+    rng_angle, rng_shift = jax.random.split(rng)  # The same angles and shifts, plus the field.
+    angles = jax.random.uniform(rng_angle, (4,), minval=-1, maxval=1) * jnp.deg2rad(7.0)
+    shifts = jax.random.uniform(rng_shift, (4, 2), minval=-2.0, maxval=2.0)
+    field = input_pipeline.elastic_field(jax.random.fold_in(rng, 3), images.shape, 34.0, 4.0)
+    expected = jax.vmap(input_pipeline._affine_one)(images, angles, shifts, None, field)
+    np.testing.assert_allclose(warped, expected, atol=1e-6)
+    elastic_only = input_pipeline.augment(rng, images, elastic_alpha=1e-4)
+    np.testing.assert_allclose(elastic_only, images, atol=1e-3)  # A tiny field: nearly as is.
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_preprocess_shapes_and_normalisation(self):

@@ -200,6 +200,7 @@ class CommandLineTest(parameterized.TestCase):
       ('--config.checkpoints_to_keep=0',): 'config.checkpoints_to_keep=0 must be >= 1',
       ('--config.max_scale=1.5',): 'config.max_scale=1.5 must be in [0, 1) (0 = off)',
       ('--config.clean_epochs=15',): 'config.clean_epochs=15 must be in [0, num_epochs)',
+      ('--config.elastic_sigma=0',): 'config.elastic_sigma=0.0 must be in (0, 14] pixels',
       ('--config.data_dir=/no/such/folder',): "config.data_dir='/no/such/folder' is not an",
       ('--config=configs/no_such.py',): 'the --config file could not be loaded',
       ('--config=configs/mnist.py', '--config.nonsense=1'): 'unknown config field in',
