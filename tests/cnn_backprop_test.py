@@ -28,7 +28,7 @@ from nets import cnn
 from nets import cnn_backprop as cb
 from tests import testutil
 
-CONFIG_NETS = ('gap', 'spatial', 'tiny', 'tiny6', 'mid')
+CONFIG_NETS = ('gap', 'spatial', 'tiny', 'tiny6', 'tiny4', 'mid')
 
 
 def batch(shape, n, dtype, seed=0):

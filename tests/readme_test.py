@@ -111,6 +111,13 @@ class ReadmeTest(absltest.TestCase):
     self.assertIn('make train', '\n'.join(lines[:40]))
     self.assertIn('make test', '\n'.join(lines[:40]))
 
+  def test_every_config_has_its_seeds_committed(self):
+    """The README's table claims every config in configs/ over ten seeds."""
+    configs = {os.path.basename(p)[:-3] for p in glob.glob(f'{testutil.REPO_ROOT}/configs/*.py')}
+    self.assertEqual(configs - {'__init__'}, {os.path.basename(p) for p in glob.glob(f'{RUNS}/*')})
+    for run_dir in sorted(glob.glob(os.path.join(RUNS, '*'))):
+      self.assertLen(_summaries(run_dir), 10, run_dir)
+
   def test_front_table_rows_agree_with_the_committed_runs(self):
     for run_dir in sorted(glob.glob(os.path.join(RUNS, '*'))):
       name = os.path.basename(run_dir)
