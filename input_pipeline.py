@@ -26,6 +26,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.ndimage
 from absl import logging
 
 from errors import DataError  # Raised for every unreadable, corrupt or inconsistent input.
@@ -357,13 +358,9 @@ AUGMENT_FIELDS = (
 
 
 def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
-  """[n, n] matrix G with G @ v = v convolved with a Gaussian of std `sigma` (truncated at 4
-  sigma), the zeros beyond the ends included: scipy.ndimage.gaussian_filter1d(mode='constant')."""
-  radius = int(4 * sigma + 0.5)
-  taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-  taps /= taps.sum()
-  offsets = np.arange(n)[None, :] - np.arange(n)[:, None]  # G[i, j] weighs input j for output i.
-  return np.where(np.abs(offsets) <= radius, taps[np.clip(offsets + radius, 0, 2 * radius)], 0)
+  """[n, n] matrix G with G @ v = scipy.ndimage.gaussian_filter1d(v, sigma, mode='constant')
+  (truncated at 4 sigma, zeros beyond the ends): the filter applied to each unit impulse."""
+  return scipy.ndimage.gaussian_filter1d(np.eye(n), sigma, axis=0, mode='constant', truncate=4.0)
 
 
 def elastic_field(rng: jax.Array, shape: tuple[int, ...], alpha: float, sigma: float) -> jax.Array:
