@@ -371,6 +371,13 @@ class PublishedSumsTest(absltest.TestCase):
     self.assertEqual(data['test'].labels.shape, (10_000,))
 
 
+def _rotation_and_shift_draws(rng, n, max_degrees=7.0, max_shift=2.0):
+  """The angles and shifts augment draws from `rng`, written out independently of it."""
+  rng_angle, rng_shift = jax.random.split(rng)
+  angles = jax.random.uniform(rng_angle, (n,), minval=-1, maxval=1) * jnp.deg2rad(max_degrees)
+  return angles, jax.random.uniform(rng_shift, (n, 2), minval=-max_shift, maxval=max_shift)
+
+
 class AugmentTest(chex.TestCase):
   def setUp(self):
     super().setUp()
@@ -423,10 +430,7 @@ class AugmentTest(chex.TestCase):
     # augment must draw the same angles and shifts from the same keys.
     images = jnp.stack([self.image] * 4)
     rng = jax.random.key(7)
-    rng_angle, rng_shift = jax.random.split(rng)
-    angles = jax.random.uniform(rng_angle, (4,), minval=-1, maxval=1) * jnp.deg2rad(7.0)
-    shifts = jax.random.uniform(rng_shift, (4, 2), minval=-2.0, maxval=2.0)
-    expected = jax.vmap(input_pipeline._affine_one)(images, angles, shifts)
+    expected = jax.vmap(input_pipeline._affine_one)(images, *_rotation_and_shift_draws(rng, 4))
     out = input_pipeline.augment(rng, images, max_degrees=7.0, max_shift=2.0)
     np.testing.assert_array_equal(out, expected)
     jittered = input_pipeline.augment(rng, images, max_degrees=7.0, max_shift=2.0, max_scale=0.1)
@@ -461,9 +465,7 @@ class AugmentTest(chex.TestCase):
     plain = input_pipeline.augment(rng, images, max_degrees=7.0, max_shift=2.0)
     warped = input_pipeline.augment(rng, images, max_degrees=7.0, max_shift=2.0, elastic_alpha=34.0)
     self.assertGreater(float(jnp.abs(warped - plain).mean()), 0.05)
-    rng_angle, rng_shift = jax.random.split(rng)  # The same angles and shifts, plus the field.
-    angles = jax.random.uniform(rng_angle, (4,), minval=-1, maxval=1) * jnp.deg2rad(7.0)
-    shifts = jax.random.uniform(rng_shift, (4, 2), minval=-2.0, maxval=2.0)
+    angles, shifts = _rotation_and_shift_draws(rng, 4)  # The same draws, plus the field.
     field = input_pipeline.elastic_field(jax.random.fold_in(rng, 3), images.shape, 34.0, 4.0)
     expected = jax.vmap(input_pipeline._affine_one)(images, angles, shifts, None, field)
     np.testing.assert_allclose(warped, expected, atol=1e-6)
