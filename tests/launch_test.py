@@ -32,7 +32,9 @@ if [[ "$*" == "compute tpus tpu-vm scp "* ]]; then  # What the workers would rec
   cp "$5" "$FAKE_CALLS/../sent.tgz"
 fi
 if [ -n "${FAKE_HANG_ON:-}" ] && [[ "$*" == *"$FAKE_HANG_ON"* ]]; then
-  touch "$FAKE_CALLS/../hanging"
+  # A redirection, not `touch`: while bash waits for a child that exits 0, a Ctrl-C makes it
+  # carry on (the child "handled" it), and this fake would then sleep its 30 s.
+  : >"$FAKE_CALLS/../hanging"
   exec sleep 30
 fi
 if [ -n "${FAKE_FAIL_ON:-}" ] && [[ "$*" == *"$FAKE_FAIL_ON"* ]]; then exit 7; fi
@@ -263,6 +265,13 @@ class TpuPodRunTest(_ScriptTest):
         self.assertLen([c for c in calls if _step(c) == 'delete'], 1)
 
   def test_ctrl_c_during_training_deletes_the_slice(self):
+    def as_from_a_terminal():
+      # Its own process group, with SIGINT at its default: a suite started in the background
+      # by a shell without job control inherits SIGINT ignored, and bash cannot trap a signal
+      # that was ignored when it started. A terminal's Ctrl-C reaches neither case.
+      os.setsid()
+      signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen(
       ['bash', TPU_POD],
       env=self.env(WORKDIR=GS, FAKE_HANG_ON='train.py'),
@@ -270,7 +279,7 @@ class TpuPodRunTest(_ScriptTest):
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
       text=True,
-      start_new_session=True,
+      preexec_fn=as_from_a_terminal,
     )
     deadline = time.monotonic() + 60  # Generous: a loaded 2-core CI machine is slow to start.
     while not os.path.exists(f'{self.tmp}/hanging') and time.monotonic() < deadline:

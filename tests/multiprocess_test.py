@@ -75,9 +75,15 @@ class Job:
       return f.read()
 
   def errors(self, i) -> list[str]:
-    """The lines of process i's output that are not logging, markers or the model table."""
+    """The lines of process i's output that are not logging, markers or the model table.
+
+    Blank lines are left out too: gloo logs from its own C++ threads into the same file, and a
+    line written between one of its messages and that message's newline leaves the newline
+    alone on a line (seen once, on a loaded 2-core CI run).
+    """
     skip = ('I1', 'W1', 'E1', 'F1', 'S6JAX_PHASE', '|', '[Gloo]')
-    return [line for line in self.log(i).splitlines() if not line.startswith(skip)]
+    lines = self.log(i).splitlines()
+    return [line for line in lines if line.strip() and not line.startswith(skip)]
 
   def wait_for(self, i, text, timeout=300):
     deadline = time.time() + timeout
