@@ -26,6 +26,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
+import augment
 import cli
 import input_pipeline
 import preflight
@@ -154,7 +155,7 @@ def run(config: ml_collections.ConfigDict, batch: int, precision: str) -> list[R
   with jax.enable_x64(precision == 'float64'):
     dtype = jnp.dtype(precision)
     variables = jax.tree.map(lambda a: a.astype(dtype), cnn.init(model, init_rng))
-    images = input_pipeline.preprocess(jnp.asarray(train_split.images[:batch])).astype(dtype)
+    images = augment.preprocess(jnp.asarray(train_split.images[:batch])).astype(dtype)
     labels = jnp.asarray(train_split.labels[:batch])
     return check_batch(model, variables, images, labels, rng, config.label_smoothing, precision)
 

@@ -5,9 +5,9 @@
 `train_and_evaluate(config, workdir)` does the work and never reads FLAGS. Per epoch it writes
 workdir/metrics.jsonl, TensorBoard events (workdir/tb) and an orbax checkpoint
 (workdir/checkpoints, the newest `checkpoints_to_keep`); rerunning with the same workdir resumes
-after the last finished epoch. At the end: workdir/summary.json and PNG plots. The subsystems
-live apart: compiled.py (devices and compilation), checkpointing.py, metrics.py, plots.py,
-input_pipeline.py, preflight.py (checks before training), cli.py (the command line), nets/.
+after the last finished epoch. At the end: workdir/summary.json and PNG plots. Elsewhere:
+compiled.py (devices, compilation), checkpointing.py, metrics.py, plots.py, input_pipeline.py
+(the data), augment.py (on device), preflight.py (checks before training), cli.py, nets/.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from absl import app, logging
 from flax import struct
 from flax.training import train_state
 
+import augment
 import checkpointing
 import cli
 import compiled
@@ -115,7 +116,7 @@ def train_step(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on a uint8 batch: (state, batch, rng) -> (new state, metrics).
 
-  `jitter`: input_pipeline.augment's keyword arguments (none: no augmentation), not applied
+  `jitter`: augment.augment's keyword arguments (none: no augmentation), not applied
   from step `clean_from_step` on (0: every step). With `ema_decay` > 0 the step also updates
   `state.ema`, the weights evaluation uses.
 
@@ -123,8 +124,8 @@ def train_step(
   be added up on device, plus `finite`: whether the loss and every gradient are finite.
   """
   rng_aug, rng_dropout = jax.random.split(rng)
-  aug = functools.partial(input_pipeline.preprocess, images_u8, rng_aug, **(jitter or {}))
-  plain = functools.partial(input_pipeline.preprocess, images_u8)  # The clean last epochs'.
+  aug = functools.partial(augment.preprocess, images_u8, rng_aug, **(jitter or {}))
+  plain = functools.partial(augment.preprocess, images_u8)  # The clean last epochs'.
   images = jax.lax.cond(state.step < clean_from_step, aug, plain) if clean_from_step else aug()
 
   def loss_fn(params):
@@ -163,7 +164,7 @@ def eval_step(
   `ema`: evaluate the moving-average weights `state.ema` instead of the trained ones.
   """
   variables = state.ema if ema else {'params': state.params, 'batch_stats': state.batch_stats}
-  logits, _ = state.apply_fn(variables, input_pipeline.preprocess(images_u8), train=False)
+  logits, _ = state.apply_fn(variables, augment.preprocess(images_u8), train=False)
   preds = jnp.argmax(logits, -1)
   return {
     'loss_sum': jnp.sum(jnp.where(mask, cross_entropy(logits, labels), 0.0)),
@@ -196,7 +197,7 @@ def evaluate(
 def step_function(config: ml_collections.ConfigDict, num_train: int) -> Callable:
   """`train_step` with `config`'s options bound: (state, images, labels, rng) -> ..."""
   fields = {k: config[k] for k in ('label_smoothing', 'ema_decay', 'gradients')}
-  jitter = {k: config[k] for k in input_pipeline.AUGMENT_FIELDS}
+  jitter = {k: config[k] for k in augment.FIELDS}
   steps = num_train // config.batch_size  # The last clean_epochs are not augmented.
   clean = config.clean_epochs and (config.num_epochs - config.clean_epochs) * steps
   return functools.partial(train_step, jitter=jitter, clean_from_step=clean, **fields)

@@ -190,7 +190,7 @@ class TorchSide:
     import torch
     import torch.nn.functional as F
 
-    import input_pipeline
+    import augment as jax_augment
     from bench import torch_cnn
 
     self.torch, self.F, self.torch_cnn = torch, F, torch_cnn
@@ -207,7 +207,7 @@ class TorchSide:
     self.model = torch_cnn.build(config.arch).to(self.device)
     self.num_params = torch_cnn.count_params(self.model)
     self.batch_size, self.eval_batch_size, self.augment = batch_size, eval_batch_size, augment
-    self.mean, self.std = input_pipeline.PIXEL_MEAN, input_pipeline.PIXEL_STD
+    self.mean, self.std = jax_augment.PIXEL_MEAN, jax_augment.PIXEL_STD
 
     # Images as [0, 1] floats in memory (ToTensor), normalised per batch (Normalize); on a GPU
     # the whole set lives on it (188 MB as float32), as the JAX side's does.

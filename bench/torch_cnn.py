@@ -79,7 +79,7 @@ def augment(
 ) -> torch.Tensor:
   """Random rotation and shift of a [B, 1, 28, 28] batch, bilinear, zero fill.
 
-  The batched PyTorch equivalent of input_pipeline.augment (affine_grid + grid_sample), as a
+  The batched PyTorch equivalent of augment.augment (affine_grid + grid_sample), as a
   PyTorch user who augments on the tensor batch would write it.
   """
   b, _, h, w = x.shape
