@@ -24,6 +24,7 @@ import numpy as np
 import openpyxl
 
 import sheet_reader as sr
+import sheet_rounding
 from nets import toy
 
 # (rtol, atol) of the comparison. rtol is relative to the cell's expected value; atol to the
@@ -31,12 +32,9 @@ from nets import toy
 # to the same relative standard as the rest. Spreadsheets compute in float64 and store 15-17
 # significant digits, so a right cell agrees to ~1e-14; a wrong factor (a_h1(1−a_h1) for
 # a_h2(1−a_h2) at the course values) moves a value by ~2e-3 relative, far outside 1e-9. Values
-# stored with fewer digits are allowed the rounding those digits imply on top (`rounding`).
+# stored with fewer digits are allowed the rounding those digits imply on top
+# (sheet_rounding.py).
 WORKBOOK_TOLERANCES = (1e-9, 1e-12)
-# How many standard errors a column's mean relative error must lie from zero to be called
-# systematic (a formula error) rather than the scatter of rounding.
-SYSTEMATIC_Z = 6.0
-MIN_SYSTEMATIC_ROWS = 8
 
 AGREE, DISAGREE, NOT_CHECKED = 'agree', 'disagree', 'not fully checked'
 EXIT_STATUS = {AGREE: 0, DISAGREE: 1, NOT_CHECKED: 2}
@@ -111,61 +109,6 @@ def workbook_agrees(reports: Sequence[SheetReport]) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Rounding: what the stored digits of a column allow.
-
-
-def significant_digits(v: float) -> int:
-  """Digits of the shortest repr of v, without leading and trailing zeros: 0.150 -> 2."""
-  mantissa = repr(abs(float(v))).split('e')[0].replace('.', '')
-  return len(mantissa.strip('0'))
-
-
-def decimal_places(v: float) -> int:
-  text = np.format_float_positional(abs(float(v)), trim='-')
-  return len(text.split('.')[1]) if '.' in text else 0
-
-
-def rounding(values: np.ndarray) -> tuple[np.ndarray, str | None]:
-  """Half a unit in the last digit each cell stores, under the column's way of rounding: to
-  the most significant digits any of its cells has, or to the most decimal places, whichever
-  more cells fill (a cell may end in zeros it does not show). Zero where nothing is known."""
-  budget = np.zeros(len(values))
-  nonzero = np.isfinite(values) & (values != 0)
-  if not nonzero.any():
-    return budget, None
-  v = values[nonzero]
-  sig = np.array([significant_digits(x) for x in v])
-  dec = np.array([decimal_places(x) for x in v])
-  if np.sum(sig == sig.max()) >= np.sum(dec == dec.max()):
-    budget[nonzero] = 0.5 * 10.0 ** (np.floor(np.log10(np.abs(v))) - sig.max() + 1)
-    return budget, f'{sig.max()} significant digits'
-  budget[nonzero] = 0.5 * 10.0 ** -dec.max()
-  return budget, f'{dec.max()} decimal places'
-
-
-def systematic_error(found, expected, budget, rtol: float) -> float | None:
-  """The column's constant relative error, where the differences hold one that rounding does
-  not explain; else None.
-
-  Rounding scatters a cell by up to ±budget, both ways. The least-squares relative error ε of
-  found ≈ (1 + ε)·expected, weighted by 1/budget², has then a standard error of
-  1/√(3·Σ(expected/budget)²); SYSTEMATIC_Z of those from zero, more than rtol, and matched by
-  the median row (so that one wrong row does not make a column systematic) is a formula error.
-  """
-  ok = np.isfinite(found) & np.isfinite(expected) & (budget > 0) & (expected != 0)
-  if ok.sum() < MIN_SYSTEMATIC_ROWS:
-    return None
-  r, e, b = found[ok] - expected[ok], expected[ok], budget[ok]
-  weight = np.sum((e / b) ** 2)
-  eps = float(np.sum(r * e / b**2) / weight)
-  z = eps * math.sqrt(3 * weight)
-  median = float(np.median(r / e))
-  if abs(eps) > rtol and abs(z) > SYSTEMATIC_Z and median * eps > 0 and abs(median) > abs(eps) / 2:
-    return eps
-  return None
-
-
-# ---------------------------------------------------------------------------------------------
 # Recomputing a table.
 
 
@@ -237,7 +180,7 @@ def column_mismatch(
   scale = float(np.max(np.abs(expected[computable]), initial=0.0))
   tol = rtol * np.abs(expected) + atol * scale + allowed * (1 + 1e-6)
   bad = np.isnan(found) | (computable & ~(np.abs(found - expected) <= tol))
-  systematic = systematic_error(found, expected, allowed, rtol) if digits else None
+  systematic = sheet_rounding.systematic_error(found, expected, allowed, rtol) if digits else None
   if not bad.any() and systematic is None:
     return None
   i = int(np.argmax(bad)) if bad.any() else int(np.argmax(computable))
@@ -352,7 +295,7 @@ def _roundings(table: sr.Table) -> tuple[dict, dict]:
   budgets, digits = {}, {}
   for name in table.columns:
     values = table.numbers(name)
-    budgets[name], how = rounding(values)
+    budgets[name], how = sheet_rounding.rounding(values)
     # Inputs in columns are typed values (0.05), compared with themselves: never 'rounded'.
     if how and name in sr.QUANTITIES and np.any(budgets[name] > ROUNDED * np.abs(values)):
       digits[name] = how

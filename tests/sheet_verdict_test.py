@@ -391,12 +391,6 @@ class RoundingTest(VerdictTestCase):
     )
     self.assertEqual([(m.column, m.cell) for m in report.mismatches][0], ('h1', cell('h1', 7, 20)))
 
-  @parameterized.parameters(
-    (0.15, 2), (0.123457, 6), (1.5e-10, 2), (150.0, 2), (-0.5, 1), (0.30000000000000004, 17)
-  )
-  def test_significant_digits(self, v, digits):
-    self.assertEqual(sv.significant_digits(v), digits)
-
 
 class TinyGradientTest(VerdictTestCase):
   """Gradients of ~2e-10 late in a long run are held to the column's relative standard."""
