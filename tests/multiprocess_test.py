@@ -79,7 +79,7 @@ class Job:
 
     Blank lines are left out too: gloo logs from its own C++ threads into the same file, and a
     line written between one of its messages and that message's newline leaves the newline
-    alone on a line (seen once, on a loaded 2-core CI run).
+    alone on a line.
     """
     skip = ('I1', 'W1', 'E1', 'F1', 'S6JAX_PHASE', '|', '[Gloo]')
     lines = self.log(i).splitlines()
