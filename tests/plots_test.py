@@ -1,6 +1,7 @@
 """plots.py: the confusion matrix, and each figure written as a PNG without temp leftovers."""
 
 import os
+from unittest import mock
 
 import numpy as np
 from absl.testing import absltest
@@ -51,6 +52,26 @@ class FiguresTest(absltest.TestCase):
     for name in ('curves.png', 'mis.png', 'conf.png', 'per.png'):
       self._png(name)
     self.assertLen(os.listdir(self.folder), 4)  # No temp file left behind.
+
+  def test_frontier_spreads_configs_of_one_size_around_it(self):
+    configs = [
+      {'name': 'a', 'params': 19_290, 'finals': [99.5, 99.6]},
+      {'name': 'b', 'params': 3_978, 'finals': [99.3]},
+      {'name': 'c', 'params': 19_290, 'finals': [99.6, 99.7]},
+    ]
+    with mock.patch.object(plots, '_save') as save:
+      plots.plot_frontier(configs, os.path.join(self.folder, 'frontier.png'))
+    (fig, _), _ = save.call_args
+    points = {
+      bar.get_label().split()[0]: (bar.lines[0].get_xdata()[0], bar.lines[0].get_ydata()[0])
+      for bar in fig.axes[0].containers
+    }
+    self.assertEqual(points['b'], (3_978, 99.3))  # Alone at its size: at its count.
+    (xa, ya), (xc, yc) = points['a'], points['c']
+    self.assertLess(xa, 19_290)
+    self.assertGreater(xc, 19_290)
+    self.assertAlmostEqual(xa * xc, 19_290**2, delta=1e-6 * 19_290**2)  # Even on the log axis.
+    self.assertEqual((ya, yc), (99.55, 99.65))
 
 
 if __name__ == '__main__':
