@@ -4,6 +4,7 @@ The trainer draws the first two at the end of a run; `analysis.py` draws all fou
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import matplotlib
@@ -147,16 +148,17 @@ def plot_frontier(configs: list[dict], path: str) -> None:
   a min-max bar (`configs`: name, params, finals in %), beside the published single runs.
   Configs with the same parameter count are drawn side by side, not on top of each other."""
   fig, ax = plt.subplots(figsize=(8, 4.8))
-  configs = sorted(configs, key=lambda c: c['params'])
-  for c in configs:
-    mean, low, high = np.mean(c['finals']), min(c['finals']), max(c['finals'])
-    # Configs of one size (the default's net under three recipes) sit side by side, 3 % apart.
-    same = [d['name'] for d in configs if d['params'] == c['params']]
-    x = c['params'] * 1.03 ** (same.index(c['name']) - (len(same) - 1) / 2)
-    ax.errorbar(
-      x, mean, yerr=[[mean - low], [high - mean]], fmt='o', capsize=4,
-      label=f'{c["name"]} ({len(c["finals"])} seeds, final epoch)',
-    )  # fmt: skip
+  by_size = itertools.groupby(sorted(configs, key=lambda c: c['params']), lambda c: c['params'])
+  for params, same in by_size:
+    same = list(same)
+    for i, c in enumerate(same):
+      mean, low, high = np.mean(c['finals']), min(c['finals']), max(c['finals'])
+      # One size's configs (the default's net under three recipes) sit side by side, 3 % apart.
+      x = params * 1.03 ** (i - (len(same) - 1) / 2)
+      ax.errorbar(
+        x, mean, yerr=[[mean - low], [high - mean]], fmt='o', capsize=4,
+        label=f'{c["name"]} ({len(c["finals"])} seeds, final epoch)',
+      )  # fmt: skip
   params, accs, _ = zip(*PUBLISHED_SINGLE_RUNS, strict=True)
   ax.scatter(params, accs, marker='x', color='gray', label='published, one run each')
   ax.axhline(100 * TARGET_ACCURACY, color='gray', ls='--', lw=1)
