@@ -100,7 +100,7 @@ if __name__ == '__main__':
 
   def main(argv):
     del argv
-    checkpointing.ignore_closed_event_loop_noise()
+    checkpointing.ignore_failed_read_noise()
     startup.quiet_start()
     startup.enable_compile_cache(flags.FLAGS.compile_cache)
     try:

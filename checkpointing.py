@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging as std_logging
 import os
 import sys
 import time
+import traceback
 from typing import Any
 
 import jax
@@ -44,14 +46,19 @@ def quiet_orbax(level: int = logging.WARNING):
     logger.setLevel(old_level)
 
 
-def ignore_closed_event_loop_noise() -> None:
-  """Keeps one kind of library noise off the terminal of a command-line run.
+def ignore_failed_read_noise() -> None:
+  """Keeps two kinds of library noise off the terminal of a command-line run.
 
-  When orbax fails to read a damaged checkpoint, tensorstore can still complete a read in
-  its own thread after orbax's asyncio loop has closed; the callback's `RuntimeError: Event
-  loop is closed` then reaches `sys.unraisablehook`, which prints a traceback after the run's
-  own message. The failure itself is reported (restore_latest); every other unraisable
-  exception still goes to the default hook.
+  When orbax fails to read a damaged checkpoint, the failure itself is reported once
+  (restore_latest), but two echoes of it can follow the run's own message:
+  - tensorstore can still complete a read in its own thread after orbax's asyncio loop has
+    closed; the callback's `RuntimeError: Event loop is closed` reaches
+    `sys.unraisablehook`, which prints a traceback;
+  - orbax gathers one `async_deserialize` task per array; the first failure is raised, and
+    each other failed task, garbage-collected unretrieved, is logged by asyncio as "Task
+    exception was never retrieved" with its traceback (as the interpreter exits, after the
+    run's message).
+  Every other unraisable exception and asyncio record still goes to its usual place.
   """
 
   def hook(unraisable):
@@ -62,6 +69,24 @@ def ignore_closed_event_loop_noise() -> None:
       sys.__unraisablehook__(unraisable)
 
   sys.unraisablehook = hook
+  asyncio_logger = std_logging.getLogger('asyncio')
+  if not any(isinstance(f, _UnretrievedReadFilter) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_UnretrievedReadFilter())
+
+
+class _UnretrievedReadFilter(std_logging.Filter):
+  """Drops asyncio's "never retrieved" records of failed orbax/tensorstore array reads."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if not record.getMessage().startswith('Task exception was never retrieved'):
+      return True
+    exc = record.exc_info[1] if record.exc_info else None
+    if exc is None:
+      return True
+    # tensorstore's errors carry the spec of what it read; orbax's own frames its package.
+    frames = traceback.extract_tb(exc.__traceback__)
+    from_orbax = any(f'{os.sep}orbax{os.sep}' in frame.filename for frame in frames)
+    return not (from_orbax or 'tensorstore_spec' in str(exc))
 
 
 def checkpoint_manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager:

@@ -61,7 +61,7 @@ def define_flags() -> None:
 def run(train_fn: Callable[[ml_collections.ConfigDict, str], object]) -> None:
   """Runs `train_fn(config, workdir)` from the parsed flags; never returns on an error."""
   signal.signal(signal.SIGINT, exit_on_interrupt)
-  checkpointing.ignore_closed_event_loop_noise()
+  checkpointing.ignore_failed_read_noise()
   startup.quiet_start()
   try:
     config = load_config(FLAGS)

@@ -3,6 +3,8 @@ the newest good one; restore_latest never loads the wrong numbers silently."""
 
 import os
 import shutil
+import subprocess
+import sys
 
 import chex
 import jax
@@ -240,6 +242,47 @@ class CheckpointIntegrityTest(parameterized.TestCase):
       checkpointing.save_checkpoint(manager, epoch, self.states[1], {'epoch': epoch})
     self.assertEqual(manager.all_steps(), [3, 4, 5])
     self.assertEqual(sorted(os.listdir(os.path.join(self.workdir, 'checkpoints'))), ['3', '4', '5'])
+
+
+# Two asyncio tasks fail and are dropped unretrieved, as orbax's per-array reads are when one
+# read of a damaged checkpoint fails first: one with a tensorstore read error, one other.
+_UNRETRIEVED_TASKS = """
+import asyncio, gc, logging, sys
+import checkpointing
+logging.basicConfig(stream=sys.stderr)
+if sys.argv[1] == 'quiet':
+  checkpointing.ignore_failed_read_noise()
+
+async def read():
+  raise ValueError('NOT_FOUND: Error reading [tensorstore_spec={}]')
+
+async def other():
+  raise KeyError('a bug of its own')
+
+async def main():
+  tasks = [asyncio.ensure_future(read()), asyncio.ensure_future(other())]
+  await asyncio.sleep(0.01)
+  del tasks
+
+asyncio.run(main())
+gc.collect()
+"""
+
+
+class FailedReadNoiseTest(absltest.TestCase):
+  def _stderr(self, mode):
+    argv = [sys.executable, '-c', _UNRETRIEVED_TASKS, mode]
+    proc = subprocess.run(argv, cwd=testutil.REPO_ROOT, capture_output=True, text=True)
+    self.assertEqual(proc.returncode, 0, proc.stderr)
+    return proc.stderr
+
+  def test_drops_unretrieved_tensorstore_reads_and_keeps_other_task_errors(self):
+    loud = self._stderr('loud')
+    self.assertEqual(loud.count('Task exception was never retrieved'), 2, loud)
+    quiet = self._stderr('quiet')
+    self.assertEqual(quiet.count('Task exception was never retrieved'), 1, quiet)
+    self.assertNotIn('tensorstore_spec', quiet)
+    self.assertIn('a bug of its own', quiet)
 
 
 if __name__ == '__main__':

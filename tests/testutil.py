@@ -17,7 +17,7 @@ from configs import gap
 
 # For tests that restore damaged checkpoints: a failed orbax read can leave tensorstore a
 # callback on orbax's closed event loop. train.py keeps that traceback off the terminal
-# (checkpointing.ignore_closed_event_loop_noise); pytest would report it as a warning against
+# (checkpointing.ignore_failed_read_noise); pytest would report it as a warning against
 # whichever test the callback lands in.
 IGNORE_CLOSED_EVENT_LOOP = pytest.mark.filterwarnings(
   r'ignore:Exception ignored in[\s\S]*Event loop is closed:pytest.PytestUnraisableExceptionWarning'
