@@ -18,12 +18,6 @@ from configs import mnist
 from tests import testutil
 
 
-def _files(folder):
-  """Every file under `folder`, largest first."""
-  paths = [os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs]
-  return sorted(paths, key=os.path.getsize, reverse=True)
-
-
 def _garble(path):
   """Inverts 16 bytes in the middle of `path`, leaving its size alone."""
   with open(path, 'rb') as f:
@@ -32,26 +26,6 @@ def _garble(path):
   data[mid : mid + 16] = bytes(b ^ 0xFF for b in data[mid : mid + 16])
   with open(path, 'wb') as f:
     f.write(data)
-
-
-def _array_data_files(checkpoint_dir):
-  """The files of the checkpoint's array store (OCDBT `d/` folders: b-tree nodes and values).
-
-  Which of them hold live data varies: orbax's writes split the arrays over a different number
-  of files from run to run, and a file can hold superseded nodes that no read touches.
-  """
-  paths = [p for p in _files(checkpoint_dir) if os.path.basename(os.path.dirname(p)) == 'd']
-  assert paths, f'no array data files under {checkpoint_dir}'
-  return paths
-
-
-def invert_array_data(checkpoint_dir):
-  """Inverts every byte of every array data file: whatever a restore reads is damaged."""
-  for path in _array_data_files(checkpoint_dir):
-    with open(path, 'rb') as f:
-      data = f.read()
-    with open(path, 'wb') as f:
-      f.write(bytes(b ^ 0xFF for b in data))
 
 
 def _swap_in_array_data_of_epoch_1(checkpoint_dir):
@@ -126,18 +100,22 @@ class CheckpointIntegrityTest(parameterized.TestCase):
     # b-tree node that does not parse), depending on where they land.
     (
       'garbled_array_data',
-      lambda d: [_garble(p) for p in _array_data_files(d)],
+      lambda d: [_garble(p) for p in testutil.array_data_files(d)],
       'checksum|does not load',
     ),
-    ('inverted_array_data', invert_array_data, 'checksum|does not load'),
+    ('inverted_array_data', testutil.invert_array_data, 'checksum|does not load'),
     # Valid array files of another checkpoint: they load, only the checksums can tell.
     ('array_data_of_epoch_1', _swap_in_array_data_of_epoch_1, 'checksum'),
     (
       'truncated_array_data',
-      lambda d: [_truncate(p) for p in _array_data_files(d)],
+      lambda d: [_truncate(p) for p in testutil.array_data_files(d)],
       'does not load',
     ),
-    ('missing_array_data', lambda d: [os.remove(p) for p in _array_data_files(d)], 'does not load'),
+    (
+      'missing_array_data',
+      lambda d: [os.remove(p) for p in testutil.array_data_files(d)],
+      'does not load',
+    ),
     ('missing_manifest', lambda d: os.remove(f'{d}/default/manifest.ocdbt'), 'does not load'),
     ('truncated_tree_metadata', lambda d: _truncate(f'{d}/default/_METADATA'), 'does not load'),
     ('missing_tree_metadata', lambda d: os.remove(f'{d}/default/_METADATA'), 'does not load'),
@@ -157,7 +135,7 @@ class CheckpointIntegrityTest(parameterized.TestCase):
 
   def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(self):
     for epoch in (1, 2):
-      invert_array_data(os.path.join(self.workdir, 'checkpoints', str(epoch)))
+      testutil.invert_array_data(os.path.join(self.workdir, 'checkpoints', str(epoch)))
     with self.assertRaisesRegex(
       errors.CheckpointError, r'no usable checkpoint.*\(2 tried; the newest: epoch 2'
     ):

@@ -28,7 +28,7 @@ import metrics
 import train
 from configs import mnist
 from scripts import crash_resume
-from tests import checkpointing_test, testutil
+from tests import testutil
 
 
 def _read_metrics(workdir):
@@ -86,7 +86,7 @@ class RecoveryTest(parameterized.TestCase):
 
   def test_corrupt_newest_checkpoint_is_set_aside_and_its_epoch_retrained(self):
     workdir = self._copy_reference()
-    checkpointing_test.invert_array_data(os.path.join(workdir, 'checkpoints', '2'))
+    testutil.invert_array_data(os.path.join(workdir, 'checkpoints', '2'))
     with self.assertLogs(logger='absl', level='WARNING') as logs:
       train.train_and_evaluate(self.config, workdir)
     log = '\n'.join(logs.output)
@@ -388,25 +388,27 @@ class FullDiskTest(absltest.TestCase):
 
 class TerminalTest(absltest.TestCase):
   def test_every_checkpoint_damaged_is_one_error_line_without_library_noise(self):
-    """orbax/tensorstore's failures (and asyncio's "Exception ignored") stay off the terminal."""
+    """orbax/tensorstore's failures, and asyncio's echoes of them, stay off the terminal.
+
+    The echoes come from reads racing the failure, so a run shows them only sometimes (about
+    one in ten on a loaded 2-core CPU); checkpointing_test.FailedReadNoiseTest holds the
+    filter to them every time.
+    """
     tmp = self.create_tempdir().full_path
     argv = [sys.executable, 'train.py', *_small_run_flags(tmp, epochs=1)]
     run = functools.partial(
       subprocess.run, argv, cwd=testutil.REPO_ROOT, capture_output=True, text=True, timeout=300
     )
     self.assertEqual(run().returncode, 0)
-    item = os.path.join(tmp, 'run', 'checkpoints', '1', 'default')
-    for folder, _, files in os.walk(item):
-      if os.path.basename(folder) == 'd':  # The array data files.
-        for name in files:
-          os.unlink(os.path.join(folder, name))
+    for path in testutil.array_data_files(os.path.join(tmp, 'run', 'checkpoints', '1')):
+      os.unlink(path)
     rerun = run()
     self.assertEqual(rerun.returncode, 1, rerun.stderr[-2000:])
     lines = rerun.stderr.strip().splitlines()
-    self.assertStartsWith(lines[-1], 'error: ')
+    self.assertStartsWith(lines[-1], 'error: ', rerun.stderr[-2000:])
     self.assertIn('checkpoint', lines[-1])
-    for noise in ('Traceback', 'Exception ignored', 'Event loop is closed'):
-      self.assertNotIn(noise, rerun.stderr)
+    for noise in ('Traceback', 'Exception ignored', 'Event loop is closed', 'never retrieved'):
+      self.assertNotIn(noise, rerun.stderr, rerun.stderr[-2000:])
     self.assertLess(len(lines), 40, rerun.stderr)
 
 

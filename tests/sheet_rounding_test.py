@@ -5,12 +5,12 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 import sheet_rounding
-from tests.sheet_verdict_test import rounded_to
+from tests import testutil
 
 
 def round_sig(values: np.ndarray, digits: int) -> np.ndarray:
   """Each value rounded to `digits` significant digits, as a pasted column would hold it."""
-  return np.array([rounded_to(digits)(v) for v in values])
+  return np.array([testutil.rounded_to(digits)(v) for v in values])
 
 
 class RoundingTest(parameterized.TestCase):

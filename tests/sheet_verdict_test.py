@@ -18,6 +18,7 @@ import backprop_check as bc
 import sheet_reader as sr
 import sheet_verdict as sv
 from nets import toy
+from tests import testutil
 from tests.backprop_check_test import course_sweep, slipped_gradients
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -351,17 +352,13 @@ class NamesTest(VerdictTestCase):
     self.assertEqual([m.column for m in report.mismatches], list(toy.WEIGHT_NAMES))
 
 
-def rounded_to(digits: int):
-  return lambda v: float(f'{v:.{digits}g}')
-
-
 class RoundingTest(VerdictTestCase):
   """Values pasted with rounding agree; a systematic error of the same size does not."""
 
   @parameterized.named_parameters(
-    ('six_digits', rounded_to(6), '6 significant digits'),
-    ('eight_digits', rounded_to(8), '8 significant digits'),
-    ('ten_digits', rounded_to(10), '10 significant digits'),
+    ('six_digits', testutil.rounded_to(6), '6 significant digits'),
+    ('eight_digits', testutil.rounded_to(8), '8 significant digits'),
+    ('ten_digits', testutil.rounded_to(10), '10 significant digits'),
     ('nine_decimals', lambda v: round(v, 9), '9 decimal places'),
   )
   def test_right_sheet_pasted_with_rounding_agrees(self, value, how):
@@ -375,7 +372,7 @@ class RoundingTest(VerdictTestCase):
     wrong = bc.Trajectory(
       t.learning_rate, t.precision, t.columns | {'E1': t.columns['E1'] * (1 + 3e-6)}, t.autodiff
     )
-    (report,), text = self.check(simple(wrong, value=rounded_to(6)), 1)
+    (report,), text = self.check(simple(wrong, value=testutil.rounded_to(6)), 1)
     (m,) = report.mismatches
     self.assertEqual(m.column, 'E1')
     self.assertAlmostEqual(m.systematic, 3e-6, delta=1e-6)
@@ -385,10 +382,8 @@ class RoundingTest(VerdictTestCase):
     self.assertIn('a formula error, not rounding', text)
 
   def test_rounding_is_no_licence_for_a_wrong_row(self):
-    t = course()
-    (report,), _ = self.check(
-      lambda ws: (simple(t, value=rounded_to(6))(ws), ws.__setitem__(cell('h1', 7, 20), 0.0)), 1
-    )
+    write = simple(course(), value=testutil.rounded_to(6))
+    (report,), _ = self.check(lambda ws: (write(ws), ws.__setitem__(cell('h1', 7, 20), 0.0)), 1)
     self.assertEqual([(m.column, m.cell) for m in report.mismatches][0], ('h1', cell('h1', 7, 20)))
 
 

@@ -139,3 +139,33 @@ def content_sums(folder: str) -> dict[str, str]:
     with gzip.open(os.path.join(folder, stem + '.gz')) as f:
       sums[stem] = hashlib.sha256(f.read()).hexdigest()
   return sums
+
+
+def array_data_files(checkpoint_dir: str) -> list[str]:
+  """The files of the checkpoint's array store (OCDBT `d/` folders: b-tree nodes and values).
+
+  Which of them hold live data varies: orbax's writes split the arrays over a different number
+  of files from run to run, and a file can hold superseded nodes that no read touches.
+  """
+  paths = [
+    os.path.join(folder, name)
+    for folder, _, names in os.walk(checkpoint_dir)
+    if os.path.basename(folder) == 'd'
+    for name in names
+  ]
+  assert paths, f'no array data files under {checkpoint_dir}'
+  return paths
+
+
+def invert_array_data(checkpoint_dir: str) -> None:
+  """Inverts every byte of every array data file: whatever a restore reads is damaged."""
+  for path in array_data_files(checkpoint_dir):
+    with open(path, 'rb') as f:
+      data = f.read()
+    with open(path, 'wb') as f:
+      f.write(bytes(b ^ 0xFF for b in data))
+
+
+def rounded_to(digits: int):
+  """`v` -> `v` as a sheet shows it with `digits` significant digits."""
+  return lambda v: float(f'{v:.{digits}g}')
