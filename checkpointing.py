@@ -343,7 +343,7 @@ RESUMABLE_CHANGES = (
 # those runs did: left out of a run's settings at that value, so older workdirs still resume.
 ADDED_FIELDS = {
   'max_scale': 0.0, 'max_brightness': 0.0, 'max_contrast': 0.0, 'clean_epochs': 0,
-  'elastic_alpha': 0.0, 'elastic_sigma': 4.0,
+  'elastic_alpha': 0.0, 'elastic_sigma': 4.0, 'swa_from_epoch': 0, 'swa_learning_rate': 0.0,
 }  # fmt: skip
 
 

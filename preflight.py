@@ -39,6 +39,26 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     ('weight_decay', 0 <= config.weight_decay < math.inf, 'must be a finite number >= 0'),
     ('label_smoothing', 0 <= config.label_smoothing < 1, 'must be in [0, 1)'),
     ('ema_decay', 0 <= config.ema_decay < 1, 'must be in [0, 1) (0 = off)'),
+    (
+      'swa_from_epoch',
+      config.swa_from_epoch == 0 or (1 <= config.swa_from_epoch <= config.num_epochs),
+      'must be 0 (off) or in [1, num_epochs]',
+    ),
+    (
+      'swa_from_epoch',
+      config.swa_from_epoch == 0 or config.ema_decay > 0,
+      'needs ema_decay > 0 (the averaged weights it sets are those evaluation uses)',
+    ),
+    (
+      'swa_learning_rate',
+      0 <= config.swa_learning_rate < math.inf,
+      'must be a finite number >= 0 (0 = keep the one-cycle)',
+    ),
+    (
+      'swa_learning_rate',
+      config.swa_learning_rate == 0 or config.swa_from_epoch >= 1,
+      'needs swa_from_epoch >= 1 (the epoch the held rate starts)',
+    ),
     ('dropout_rate', 0 <= config.dropout_rate < 1, 'must be in [0, 1)'),
     ('max_degrees', 0 <= config.max_degrees <= 180, 'must be in [0, 180]'),
     ('max_shift', 0 <= config.max_shift <= 14, 'must be in [0, 14] pixels'),

@@ -55,13 +55,26 @@ class TrainState(train_state.TrainState):
 
 
 def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
-  """One-cycle: linear warm-up to the peak, then cosine decay to ~0 at the last step."""
+  """One-cycle: linear warm-up to the peak, then cosine decay to ~0 at the last step.
+
+  With config.swa_learning_rate > 0 the rate is held at that value from the first step of
+  epoch config.swa_from_epoch on (SWA's constant tail), the one-cycle until then.
+  """
   total = config.num_epochs * steps_per_epoch
-  return optax.cosine_onecycle_schedule(
+  onecycle = optax.cosine_onecycle_schedule(
     transition_steps=total,
     peak_value=config.learning_rate,
     pct_start=max(config.warmup_fraction, 1 / total),
   )
+  if not config.swa_learning_rate:
+    return onecycle
+  tail = optax.constant_schedule(config.swa_learning_rate)
+  return optax.join_schedules([onecycle, tail], [swa_start_step(config, steps_per_epoch)])
+
+
+def swa_start_step(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """The first step of epoch config.swa_from_epoch (0 when SWA is off)."""
+  return max(config.swa_from_epoch - 1, 0) * steps_per_epoch if config.swa_from_epoch else 0
 
 
 def create_train_state(
@@ -83,13 +96,18 @@ def create_train_state(
   )
 
 
-def ema_update(ema: Any, new: Any, step: jax.Array, decay: float) -> Any:
+def ema_update(ema: Any, new: Any, step: jax.Array, decay: float, swa_from_step: int = 0) -> Any:
   """ema <- d * ema + (1 - d) * new, with d = min(decay, (1 + step) / (10 + step)).
 
   The step-dependent cap (as in tf.train.ExponentialMovingAverage's num_updates) lets the
   average follow the fast early changes instead of remembering the random initialisation.
+  With `swa_from_step` > 0, d = n / (n + 1) from that step on (n = step - swa_from_step): the
+  average is then the equal mean of the weights after each of those steps (SWA).
   """
   d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  if swa_from_step:
+    n = (step - swa_from_step).astype(jnp.float32)
+    d = jnp.where(n >= 0, n / (n + 1.0), d)
   return jax.tree_util.tree_map(lambda e, n: d * e + (1.0 - d) * n, ema, new)
 
 
@@ -112,13 +130,15 @@ def train_step(
   clean_from_step: int = 0,
   label_smoothing: float = 0.0,
   ema_decay: float = 0.0,
+  swa_from_step: int = 0,
   gradients: str = 'autodiff',
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on a uint8 batch: (state, batch, rng) -> (new state, metrics).
 
   `jitter`: augment.augment's keyword arguments (none: no augmentation), not applied
   from step `clean_from_step` on (0: every step). With `ema_decay` > 0 the step also updates
-  `state.ema`, the weights evaluation uses.
+  `state.ema`, the weights evaluation uses: a moving average, the equal mean of every step's
+  weights from step `swa_from_step` on if that is > 0 (ema_update).
 
   Metrics are sums over the batch (loss_sum, correct, count) so that any number of steps can
   be added up on device, plus `finite`: whether the loss and every gradient are finite.
@@ -140,7 +160,8 @@ def train_step(
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if ema_decay > 0:
     new = {'params': new_state.params, 'batch_stats': new_state.batch_stats}
-    new_state = new_state.replace(ema=ema_update(state.ema, new, state.step, ema_decay))
+    ema = ema_update(state.ema, new, state.step, ema_decay, swa_from_step)
+    new_state = new_state.replace(ema=ema)
   leaves_finite = [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]
   finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(leaves_finite))
   return new_state, {
@@ -200,7 +221,10 @@ def step_function(config: ml_collections.ConfigDict, num_train: int) -> Callable
   jitter = {k: config[k] for k in augment.FIELDS}
   steps = num_train // config.batch_size  # The last clean_epochs are not augmented.
   clean = config.clean_epochs and (config.num_epochs - config.clean_epochs) * steps
-  return functools.partial(train_step, jitter=jitter, clean_from_step=clean, **fields)
+  swa = swa_start_step(config, steps)
+  return functools.partial(
+    train_step, jitter=jitter, clean_from_step=clean, swa_from_step=swa, **fields
+  )
 
 
 def compile_programs(

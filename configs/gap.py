@@ -37,6 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.weight_decay = 5e-4  # L2 decay added to the gradient (all parameters).
   c.label_smoothing = 0.0  # Cross-entropy label smoothing in [0, 1).
   c.ema_decay = 0.0  # Evaluate an exponential moving average of the weights (0 = off).
+  c.swa_from_epoch = 0  # From this epoch on, the average is every step's equal mean (SWA; 0 = off).
+  c.swa_learning_rate = 0.0  # From swa_from_epoch on, the learning rate held here (0 = one-cycle).
   c.gradients = 'autodiff'  # 'hand': the chain rule of nets/cnn_backprop.py instead of jax.grad.
 
   # --- Augmentation (on device, inside the train step)

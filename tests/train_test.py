@@ -20,6 +20,7 @@ import errors
 import input_pipeline
 import metrics
 import multihost
+import preflight
 import train
 from configs import mnist
 from tests import testutil
@@ -177,6 +178,39 @@ class EmaTest(chex.TestCase):
     )
     chex.assert_trees_all_close(on.ema, expected, rtol=1e-6)
 
+  def test_swa_average_is_the_equal_mean_of_the_weights_from_its_first_step(self):
+    ws = [3.0, -1.0, 4.0, 1.5, 9.0, -2.6]
+    update = jax.jit(train.ema_update, static_argnums=(3, 4))
+    ema, expected = {'w': jnp.asarray(100.0)}, 100.0
+    for step, w in enumerate(ws):
+      ema = update(ema, {'w': jnp.asarray(w)}, jnp.asarray(step), 0.9, 2)
+      if step < 2:  # Before swa_from_step: the capped moving average.
+        d = min(0.9, (1 + step) / (10 + step))
+        expected = d * expected + (1 - d) * w
+      else:  # From step 2 on: the mean of the weights after steps 2, 3, ..., `step`.
+        expected = np.mean(ws[2 : step + 1])
+      np.testing.assert_allclose(ema['w'], expected, rtol=1e-6)
+
+  def test_step_function_starts_swa_at_the_first_step_of_its_epoch(self):
+    config = mnist.get_config()
+    config.swa_from_epoch = 11
+    step = train.step_function(config, num_train=6_400)  # 100 steps an epoch.
+    self.assertEqual(step.keywords['swa_from_step'], 1_000)
+    config.swa_from_epoch = 0
+    self.assertEqual(train.step_function(config, 6_400).keywords['swa_from_step'], 0)
+
+  def test_swa_learning_rate_is_held_from_its_epoch_on(self):
+    config = mnist.get_config()
+    config.num_epochs, config.swa_from_epoch, config.swa_learning_rate = 10, 8, 0.013
+    held = train.make_schedule(config, steps_per_epoch=100)
+    config.swa_learning_rate = 0.0
+    onecycle = train.make_schedule(config, steps_per_epoch=100)
+    for step in (0, 250, 699):  # Epochs 1-7: the one-cycle unchanged.
+      np.testing.assert_allclose(held(step), onecycle(step), rtol=1e-6)
+    for step in (700, 850, 999):  # Epochs 8-10: the held rate, where the one-cycle decays.
+      np.testing.assert_allclose(held(step), 0.013, rtol=1e-6)
+    self.assertLess(float(onecycle(999)), 1e-3)
+
   def test_eval_uses_the_average_only_when_asked(self):
     mask = jnp.ones(16, bool)
     zeroed = self.state.replace(ema=jax.tree_util.tree_map(jnp.zeros_like, self.state.ema))
@@ -195,6 +229,8 @@ class ConfigValidationTest(parameterized.TestCase):
     ('zero_epochs', 'num_epochs', 0),
     ('smoothing', 'label_smoothing', 1.5),
     ('ema_decay', 'ema_decay', 1.0),
+    ('swa_past_the_end', 'swa_from_epoch', 16),
+    ('swa_learning_rate', 'swa_learning_rate', -0.01),
     ('arch', 'arch', 'resnet'),
     ('missing_data_dir', 'data_dir', '/no/such/folder'),
   )
@@ -204,6 +240,18 @@ class ConfigValidationTest(parameterized.TestCase):
     with mock.patch.object(jax, 'jit', side_effect=AssertionError('compiled')):
       with self.assertRaisesRegex(errors.ConfigError, rf'config\.{field}='):
         train.train_and_evaluate(config, self.create_tempdir().full_path)
+
+  def test_swa_settings_that_would_do_nothing_are_refused(self):
+    cases = {
+      'config.swa_from_epoch=3 needs ema_decay > 0': {'swa_from_epoch': 3, 'ema_decay': 0.0},
+      'config.swa_learning_rate=0.01 needs swa_from_epoch >= 1': {'swa_learning_rate': 0.01},
+    }
+    for message, overrides in cases.items():
+      with self.subTest(message):
+        config = mnist.get_config()
+        config.update(overrides)
+        with self.assertRaisesRegex(errors.ConfigError, message):
+          preflight.validate_config(config)
 
   def test_data_that_cannot_train_is_refused_before_compiling(self):
     folder = self.create_tempdir().full_path
