@@ -72,9 +72,9 @@ def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> op
   return optax.join_schedules([onecycle, tail], [swa_start_step(config, steps_per_epoch)])
 
 
-def swa_start_step(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-  """The first step of epoch config.swa_from_epoch (0 when SWA is off)."""
-  return max(config.swa_from_epoch - 1, 0) * steps_per_epoch if config.swa_from_epoch else 0
+def swa_start_step(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int | None:
+  """The first step of epoch config.swa_from_epoch (None when SWA is off)."""
+  return (config.swa_from_epoch - 1) * steps_per_epoch if config.swa_from_epoch else None
 
 
 def create_train_state(
@@ -96,16 +96,18 @@ def create_train_state(
   )
 
 
-def ema_update(ema: Any, new: Any, step: jax.Array, decay: float, swa_from_step: int = 0) -> Any:
+def ema_update(
+  ema: Any, new: Any, step: jax.Array, decay: float, swa_from_step: int | None = None
+) -> Any:
   """ema <- d * ema + (1 - d) * new, with d = min(decay, (1 + step) / (10 + step)).
 
   The step-dependent cap (as in tf.train.ExponentialMovingAverage's num_updates) lets the
   average follow the fast early changes instead of remembering the random initialisation.
-  With `swa_from_step` > 0, d = n / (n + 1) from that step on (n = step - swa_from_step): the
+  With `swa_from_step` set, d = n / (n + 1) from that step on (n = step - swa_from_step): the
   average is then the equal mean of the weights after each of those steps (SWA).
   """
   d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
-  if swa_from_step:
+  if swa_from_step is not None:
     n = (step - swa_from_step).astype(jnp.float32)
     d = jnp.where(n >= 0, n / (n + 1.0), d)
   return jax.tree_util.tree_map(lambda e, n: d * e + (1.0 - d) * n, ema, new)
@@ -130,7 +132,7 @@ def train_step(
   clean_from_step: int = 0,
   label_smoothing: float = 0.0,
   ema_decay: float = 0.0,
-  swa_from_step: int = 0,
+  swa_from_step: int | None = None,
   gradients: str = 'autodiff',
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on a uint8 batch: (state, batch, rng) -> (new state, metrics).
@@ -138,7 +140,7 @@ def train_step(
   `jitter`: augment.augment's keyword arguments (none: no augmentation), not applied
   from step `clean_from_step` on (0: every step). With `ema_decay` > 0 the step also updates
   `state.ema`, the weights evaluation uses: a moving average, the equal mean of every step's
-  weights from step `swa_from_step` on if that is > 0 (ema_update).
+  weights from step `swa_from_step` on if that is set (ema_update).
 
   Metrics are sums over the batch (loss_sum, correct, count) so that any number of steps can
   be added up on device, plus `finite`: whether the loss and every gradient are finite.

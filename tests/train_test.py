@@ -190,14 +190,21 @@ class EmaTest(chex.TestCase):
       else:  # From step 2 on: the mean of the weights after steps 2, 3, ..., `step`.
         expected = np.mean(ws[2 : step + 1])
       np.testing.assert_allclose(ema['w'], expected, rtol=1e-6)
+    # From step 0: the plain mean of every step's weights, the initial ones forgotten.
+    ema = {'w': jnp.asarray(100.0)}
+    for step, w in enumerate(ws):
+      ema = update(ema, {'w': jnp.asarray(w)}, jnp.asarray(step), 0.9, 0)
+    np.testing.assert_allclose(ema['w'], np.mean(ws), rtol=1e-6)
 
   def test_step_function_starts_swa_at_the_first_step_of_its_epoch(self):
     config = mnist.get_config()
     config.swa_from_epoch = 11
     step = train.step_function(config, num_train=6_400)  # 100 steps an epoch.
     self.assertEqual(step.keywords['swa_from_step'], 1_000)
-    config.swa_from_epoch = 0
+    config.swa_from_epoch = 1  # From the very first step.
     self.assertEqual(train.step_function(config, 6_400).keywords['swa_from_step'], 0)
+    config.swa_from_epoch = 0
+    self.assertIsNone(train.step_function(config, 6_400).keywords['swa_from_step'])
 
   def test_swa_learning_rate_is_held_from_its_epoch_on(self):
     config = mnist.get_config()
