@@ -39,8 +39,10 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
         config = ml_collections.ConfigDict(saved[key] if key else saved)
       except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f'{path} is unreadable ({type(e).__name__}: {e}).') from e
-      if 'ema_decay' not in config:  # A run from before the field existed: no moving average.
-        config.ema_decay = 0.0
+      # A run from before a field existed trained as that field's value here says.
+      for field, value in {'ema_decay': 0.0, **checkpointing.ADDED_FIELDS}.items():
+        if field not in config:
+          config[field] = value
       return config
   raise ConfigError(
     f'{workdir!r} holds no config.json or summary.json: not a train.py workdir, or one whose '

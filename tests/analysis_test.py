@@ -43,6 +43,19 @@ class AnalyseWorkdirTest(absltest.TestCase):
       self.assertIn('test_accuracy_raw', json.loads(f.readline()))
     self._analyse(workdir, summary)  # The raw weights would give another loss.
 
+  def test_a_run_saved_before_the_later_fields_existed_is_analysed(self):
+    _, reference, summary = testutil.reference_run()
+    workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    shutil.copytree(reference, workdir)
+    path = os.path.join(workdir, 'config.json')
+    with open(path) as f:
+      config = json.load(f)
+    for field in ('ema_decay', 'swa_from_epoch', 'swa_learning_rate', 'elastic_alpha'):
+      del config[field]
+    with open(path, 'w') as f:
+      json.dump(config, f)
+    self._analyse(workdir, summary)
+
 
 class UnfinishedAndBadWorkdirsTest(absltest.TestCase):
   def test_an_unfinished_run_is_analysed_from_its_newest_checkpoint(self):
