@@ -27,6 +27,20 @@ SEED_REQUIREMENT = f'must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (6
 MNIST_TEST_IMAGES = input_pipeline.EXPECTED_COUNTS['test']
 
 
+def _check_swa(config: ml_collections.ConfigDict) -> None:
+  """SWA settings that would do nothing: they need the averaged weights, and an epoch."""
+  if config.swa_from_epoch and not config.ema_decay:
+    raise ConfigError(
+      f'config.swa_from_epoch={config.swa_from_epoch} needs ema_decay > 0 (the averaged '
+      'weights it sets are those evaluation uses).'
+    )
+  if config.swa_learning_rate and not config.swa_from_epoch:
+    raise ConfigError(
+      f'config.swa_learning_rate={config.swa_learning_rate} needs swa_from_epoch >= 1 (the '
+      'epoch the held rate starts).'
+    )
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Refuses out-of-range values before anything is compiled; each message names the field."""
   checks = [
@@ -41,24 +55,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     ('ema_decay', 0 <= config.ema_decay < 1, 'must be in [0, 1) (0 = off)'),
     (
       'swa_from_epoch',
-      config.swa_from_epoch == 0 or (1 <= config.swa_from_epoch <= config.num_epochs),
-      'must be 0 (off) or in [1, num_epochs]',
+      0 <= config.swa_from_epoch <= config.num_epochs,
+      'must be in [0, num_epochs]',
     ),
-    (
-      'swa_from_epoch',
-      config.swa_from_epoch == 0 or config.ema_decay > 0,
-      'needs ema_decay > 0 (the averaged weights it sets are those evaluation uses)',
-    ),
-    (
-      'swa_learning_rate',
-      0 <= config.swa_learning_rate < math.inf,
-      'must be a finite number >= 0 (0 = keep the one-cycle)',
-    ),
-    (
-      'swa_learning_rate',
-      config.swa_learning_rate == 0 or config.swa_from_epoch >= 1,
-      'needs swa_from_epoch >= 1 (the epoch the held rate starts)',
-    ),
+    ('swa_learning_rate', 0 <= config.swa_learning_rate < math.inf, 'must be finite and >= 0'),
     ('dropout_rate', 0 <= config.dropout_rate < 1, 'must be in [0, 1)'),
     ('max_degrees', 0 <= config.max_degrees <= 180, 'must be in [0, 180]'),
     ('max_shift', 0 <= config.max_shift <= 14, 'must be in [0, 14] pixels'),
@@ -80,6 +80,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for field, ok, requirement in checks:
     if not ok:
       raise ConfigError(f'config.{field}={config[field]!r} {requirement}.')
+  _check_swa(config)
   try:
     cnn.layers_of(config.arch)
   except ValueError as e:

@@ -6,8 +6,9 @@
 workdir/metrics.jsonl, TensorBoard events (workdir/tb) and an orbax checkpoint
 (workdir/checkpoints, the newest `checkpoints_to_keep`); rerunning with the same workdir resumes
 after the last finished epoch. At the end: workdir/summary.json and PNG plots. Elsewhere:
-compiled.py (devices, compilation), checkpointing.py, metrics.py, plots.py, input_pipeline.py
-(the data), augment.py (on device), preflight.py (checks before training), cli.py, nets/.
+compiled.py (devices, compilation), optim.py (optimiser, schedule, weight averages),
+checkpointing.py, metrics.py, plots.py, input_pipeline.py (the data), augment.py (on device),
+preflight.py (checks before training), cli.py, nets/.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import hooks
 import input_pipeline
 import metrics
 import multihost
+import optim
 import plots
 import preflight
 from errors import NonFiniteError, Preempted
@@ -54,63 +56,19 @@ class TrainState(train_state.TrainState):
 # ----------------------------------------------------------------------------- state
 
 
-def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
-  """One-cycle: linear warm-up to the peak, then cosine decay to ~0 at the last step.
-
-  With config.swa_learning_rate > 0 the rate is held at that value from the first step of
-  epoch config.swa_from_epoch on (SWA's constant tail), the one-cycle until then.
-  """
-  total = config.num_epochs * steps_per_epoch
-  onecycle = optax.cosine_onecycle_schedule(
-    transition_steps=total,
-    peak_value=config.learning_rate,
-    pct_start=max(config.warmup_fraction, 1 / total),
-  )
-  if not config.swa_learning_rate:
-    return onecycle
-  tail = optax.constant_schedule(config.swa_learning_rate)
-  return optax.join_schedules([onecycle, tail], [swa_start_step(config, steps_per_epoch)])
-
-
-def swa_start_step(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int | None:
-  """The first step of epoch config.swa_from_epoch (None when SWA is off)."""
-  return (config.swa_from_epoch - 1) * steps_per_epoch if config.swa_from_epoch else None
-
-
 def create_train_state(
   rng: jax.Array, config: ml_collections.ConfigDict, steps_per_epoch: int
 ) -> TrainState:
   """A fresh TrainState: initialised CNN, SGD + Nesterov + weight decay on a one-cycle LR."""
   model = cnn.build(config.arch, config.dropout_rate)
   variables = cnn.init(model, rng)
-  tx = optax.chain(
-    optax.add_decayed_weights(config.weight_decay),
-    optax.sgd(make_schedule(config, steps_per_epoch), momentum=config.momentum, nesterov=True),
-  )
   return TrainState.create(
     apply_fn=functools.partial(cnn.apply, model),
     params=variables['params'],
     batch_stats=variables['batch_stats'],
     ema=jax.tree_util.tree_map(jnp.copy, dict(variables)) if config.ema_decay > 0 else None,
-    tx=tx,
+    tx=optim.make_optimizer(config, steps_per_epoch),
   )
-
-
-def ema_update(
-  ema: Any, new: Any, step: jax.Array, decay: float, swa_from_step: int | None = None
-) -> Any:
-  """ema <- d * ema + (1 - d) * new, with d = min(decay, (1 + step) / (10 + step)).
-
-  The step-dependent cap (as in tf.train.ExponentialMovingAverage's num_updates) lets the
-  average follow the fast early changes instead of remembering the random initialisation.
-  With `swa_from_step` set, d = n / (n + 1) from that step on (n = step - swa_from_step): the
-  average is then the equal mean of the weights after each of those steps (SWA).
-  """
-  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
-  if swa_from_step is not None:
-    n = (step - swa_from_step).astype(jnp.float32)
-    d = jnp.where(n >= 0, n / (n + 1.0), d)
-  return jax.tree_util.tree_map(lambda e, n: d * e + (1.0 - d) * n, ema, new)
 
 
 # ----------------------------------------------------------------------------- steps
@@ -162,7 +120,7 @@ def train_step(
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if ema_decay > 0:
     new = {'params': new_state.params, 'batch_stats': new_state.batch_stats}
-    ema = ema_update(state.ema, new, state.step, ema_decay, swa_from_step)
+    ema = optim.ema_update(state.ema, new, state.step, ema_decay, swa_from_step)
     new_state = new_state.replace(ema=ema)
   leaves_finite = [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]
   finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(leaves_finite))
@@ -223,7 +181,7 @@ def step_function(config: ml_collections.ConfigDict, num_train: int) -> Callable
   jitter = {k: config[k] for k in augment.FIELDS}
   steps = num_train // config.batch_size  # The last clean_epochs are not augmented.
   clean = config.clean_epochs and (config.num_epochs - config.clean_epochs) * steps
-  swa = swa_start_step(config, steps)
+  swa = optim.swa_start_step(config, steps)
   return functools.partial(
     train_step, jitter=jitter, clean_from_step=clean, swa_from_step=swa, **fields
   )
@@ -320,7 +278,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     workdir, config, state, programs.replicate(compiled.zero_sums()), start_epoch + 1
   )
   logging.info(compiled.describe(programs))
-  schedule = make_schedule(config, steps_per_epoch)  # For logging the LR each epoch used last.
+  schedule = optim.make_schedule(
+    config, steps_per_epoch
+  )  # For logging the LR each epoch used last.
   for epoch in epochs:
     try:
       state, record = fit_epoch(
