@@ -27,18 +27,20 @@ SEED_REQUIREMENT = f'must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (6
 MNIST_TEST_IMAGES = input_pipeline.EXPECTED_COUNTS['test']
 
 
-def _check_swa(config: ml_collections.ConfigDict) -> None:
-  """SWA settings that would do nothing: they need the averaged weights, and an epoch."""
-  if config.swa_from_epoch and not config.ema_decay:
-    raise ConfigError(
-      f'config.swa_from_epoch={config.swa_from_epoch} needs ema_decay > 0 (the averaged '
-      'weights it sets are those evaluation uses).'
-    )
-  if config.swa_learning_rate and not config.swa_from_epoch:
-    raise ConfigError(
-      f'config.swa_learning_rate={config.swa_learning_rate} needs swa_from_epoch >= 1 (the '
-      'epoch the held rate starts).'
-    )
+def _swa_checks(config: ml_collections.ConfigDict) -> list[tuple[str, bool, str]]:
+  """validate_config's checks of SWA settings that would do nothing without another field."""
+  return [
+    (
+      'swa_from_epoch',
+      not config.swa_from_epoch or config.ema_decay > 0,
+      'needs ema_decay > 0 (the averaged weights it sets are those evaluation uses)',
+    ),
+    (
+      'swa_learning_rate',
+      not config.swa_learning_rate or config.swa_from_epoch >= 1,
+      'needs swa_from_epoch >= 1 (the epoch the held rate starts)',
+    ),
+  ]
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -77,10 +79,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     ('seed', SEED_RANGE[0] <= config.seed <= SEED_RANGE[1], SEED_REQUIREMENT),
     ('gradients', config.gradients in ('autodiff', 'hand'), "must be 'autodiff' or 'hand'"),
   ]
-  for field, ok, requirement in checks:
+  for field, ok, requirement in checks + _swa_checks(config):
     if not ok:
       raise ConfigError(f'config.{field}={config[field]!r} {requirement}.')
-  _check_swa(config)
   try:
     cnn.layers_of(config.arch)
   except ValueError as e:
