@@ -40,7 +40,7 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
       except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f'{path} is unreadable ({type(e).__name__}: {e}).') from e
       # A run from before a field existed trained as that field's value here says.
-      for field, value in {'ema_decay': 0.0, **checkpointing.ADDED_FIELDS}.items():
+      for field, value in checkpointing.FIELDS_ADDED_LATER.items():
         if field not in config:
           config[field] = value
       return config

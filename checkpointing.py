@@ -345,6 +345,9 @@ ADDED_FIELDS = {
   'max_scale': 0.0, 'max_brightness': 0.0, 'max_contrast': 0.0, 'clean_epochs': 0,
   'elastic_alpha': 0.0, 'elastic_sigma': 4.0, 'swa_from_epoch': 0, 'swa_learning_rate': 0.0,
 }  # fmt: skip
+# What a reader of an older run's saved config (analysis.py) fills in for each field it lacks:
+# ADDED_FIELDS and two fields older still, at the values that train as those runs did.
+FIELDS_ADDED_LATER = {'ema_decay': 0.0, 'gradients': 'autodiff', **ADDED_FIELDS}
 
 
 def run_settings(config: Any) -> dict[str, Any]:

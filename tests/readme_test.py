@@ -23,8 +23,6 @@ from tests import testutil
 RUNS = os.path.join(testutil.REPO_ROOT, 'docs', 'runs')
 # Where a run's data came from and which seed it was: not part of the recipe.
 RUN_LOCAL_FIELDS = {'seed', 'data_dir', 'data_url', 'download_dir', 'tfds_data_dir'}
-# Fields added to the configs after some runs were made, with the value that means "as before".
-FIELDS_ADDED_LATER = {'ema_decay': 0.0, 'gradients': 'autodiff', **checkpointing.ADDED_FIELDS}
 # Architectures renamed after some runs were made (same layers): old name -> name now.
 RENAMED_ARCHS = {'default': 'gap', 'tiny6h': 'tiny6'}
 GPU_RUNS = os.path.join(testutil.REPO_ROOT, 'docs', 'gpu')
@@ -176,7 +174,7 @@ class ReadmeTest(absltest.TestCase):
       for path in sorted(glob.glob(os.path.join(run_dir, 'seed*', 'summary.json'))):
         with open(path) as f:
           saved = json.load(f)['config']
-        saved = {**FIELDS_ADDED_LATER, **saved}
+        saved = {**checkpointing.FIELDS_ADDED_LATER, **saved}
         # The same layers under a name or a spec: nets.cnn.layers_of resolves both.
         saved['arch'] = cnn.layers_of(RENAMED_ARCHS.get(saved['arch'], saved['arch']))
         with self.subTest(run=os.path.relpath(path, RUNS)):
