@@ -250,7 +250,7 @@ gc.collect()
 class FailedReadNoiseTest(absltest.TestCase):
   def _stderr(self, mode):
     argv = [sys.executable, '-c', _UNRETRIEVED_TASKS, mode]
-    proc = subprocess.run(argv, cwd=testutil.REPO_ROOT, capture_output=True, text=True)
+    proc = subprocess.run(argv, cwd=testutil.REPO_ROOT, capture_output=True, text=True, timeout=300)
     self.assertEqual(proc.returncode, 0, proc.stderr)
     return proc.stderr
 
